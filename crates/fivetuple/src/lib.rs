@@ -1,1 +1,51 @@
-//! fivetuple
+//! fivetuple keeps clients from running out of TCP source ports.
+//!
+//! A service that opens and closes a connection per call leaves each closed
+//! 4-tuple in TIME_WAIT (60 s on Linux). Toward one destination only the
+//! local port varies, so the budget is `usable ports / 60 s` new connections
+//! per second; past it, `connect()` fails with `EADDRNOTAVAIL` ("Cannot
+//! assign requested address").
+//!
+//! This crate lets the client choose each connection's local endpoint with a
+//! [`LocalPolicy`], the equivalent of .NET's `BindIPEndPointDelegate`: one
+//! call, `(remote, attempt) -> Choice`. A [`Connector`] asks it again after an
+//! exhaustion error from `bind()` *or* `connect()`, never after any other
+//! error, a bounded number of times.
+//!
+//! Built-in policies: [`KernelDefault`], [`Rotation`] (lock-free, correct at
+//! the wrap, skips reserved ports), [`Spread`] over source addresses,
+//! [`PortWindow`] (`IP_LOCAL_PORT_RANGE`), and the composition
+//! [`Rotation::with_sources`]. A closure is a policy too.
+//!
+//! ```no_run
+//! use fivetuple::{Connector, PortRange, Rotation};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let connector = Connector::new(Rotation::new(PortRange::new(20000, 29999)?)?);
+//! let stream = connector.connect_std("127.0.0.1:8080".parse()?)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Platforms: Linux is first-class. macOS and Windows build; options they
+//! lack return [`std::io::ErrorKind::Unsupported`] or fall back with a
+//! logged warning, as each item documents.
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod connect;
+mod error;
+mod policy;
+mod reserved;
+mod rotation;
+mod spec;
+mod spread;
+mod sys;
+mod window;
+
+pub use connect::{ConnectStats, Connector, StatsSnapshot, DEFAULT_MAX_ATTEMPTS};
+pub use error::{is_exhaustion, ConfigError, ConnectError, Stage};
+pub use policy::{Choice, KernelDefault, LocalPolicy, PortRange};
+pub use reserved::ReservedPorts;
+pub use rotation::Rotation;
+pub use spec::{parse_addresses, parse_policy};
+pub use spread::{address_range, Spread, MAX_ADDRESS_RANGE};
+pub use window::PortWindow;

@@ -1,0 +1,459 @@
+//! The exhaustion-aware connect. One retry loop, shared by the blocking
+//! ([`Connector::connect_std`]) and async ([`Connector::connect`]) entry
+//! points: the policy is asked again with `attempt + 1` after an exhaustion
+//! error from `bind()` or `connect()`; any other error returns at once.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::error::{ConfigError, ConnectError, Stage};
+use crate::policy::{Choice, KernelDefault, LocalPolicy};
+
+/// Default bound on attempts per connect. Each retry costs one socket and one
+/// `bind()`/`connect()` system call pair, so 16 stays cheap; with rotation in
+/// a range whose ports are in use at random with probability `p`, the chance
+/// that 16 consecutive attempts all clash is `p^16` (under 2% at p = 0.78).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 16;
+
+/// Opens TCP connections whose local endpoint a [`LocalPolicy`] chooses,
+/// retrying on port exhaustion.
+///
+/// Cloning is cheap; clones share the policy and the [`ConnectStats`], while
+/// each clone's settings are its own.
+///
+/// ```no_run
+/// use fivetuple::{Connector, PortRange, Rotation};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let connector = Connector::new(Rotation::new(PortRange::new(20000, 29999)?)?);
+/// let stream = connector.connect_std("127.0.0.1:8080".parse()?)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Connector {
+    policy: Arc<dyn LocalPolicy>,
+    stats: Arc<ConnectStats>,
+    config: Config,
+}
+
+/// Every setting and its default, in one place.
+#[derive(Debug, Clone)]
+struct Config {
+    max_attempts: u32,
+    connect_timeout: Option<Duration>,
+    nodelay: bool,
+    linger_zero: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            connect_timeout: None,
+            nodelay: false,
+            linger_zero: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Connector {
+    fn default() -> Connector {
+        Connector::new(KernelDefault)
+    }
+}
+
+impl Connector {
+    /// A connector using `policy`, with default settings.
+    pub fn new<P: LocalPolicy + 'static>(policy: P) -> Connector {
+        Connector::from_arc(Arc::new(policy))
+    }
+
+    /// A connector using a shared policy.
+    pub fn from_arc(policy: Arc<dyn LocalPolicy>) -> Connector {
+        Connector {
+            policy,
+            stats: Arc::new(ConnectStats::default()),
+            config: Config::default(),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Arc<dyn LocalPolicy> {
+        &self.policy
+    }
+
+    /// The counters, shared with every clone of this connector.
+    pub fn stats(&self) -> &Arc<ConnectStats> {
+        &self.stats
+    }
+
+    /// Bounds the attempts per connect (first try included). Default
+    /// [`DEFAULT_MAX_ATTEMPTS`]; must be at least 1.
+    pub fn set_max_attempts(&mut self, attempts: u32) -> Result<&mut Connector, ConfigError> {
+        if attempts == 0 {
+            return Err(ConfigError::BadSetting {
+                name: "max_attempts",
+                value: attempts.to_string(),
+                expected: "at least 1",
+            });
+        }
+        self.config.max_attempts = attempts;
+        Ok(self)
+    }
+
+    /// The bound on attempts per connect.
+    pub fn max_attempts(&self) -> u32 {
+        self.config.max_attempts
+    }
+
+    /// Bounds each `connect()` call. `None` (the default) waits as long as
+    /// the OS does. A timeout is not retried: it is not a port problem. The
+    /// async entry point needs a tokio runtime with the time driver enabled
+    /// when a timeout is set.
+    pub fn set_connect_timeout(&mut self, timeout: Option<Duration>) -> &mut Connector {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on every connection. Default off.
+    pub fn set_nodelay(&mut self, nodelay: bool) -> &mut Connector {
+        self.config.nodelay = nodelay;
+        self
+    }
+
+    /// Sets `SO_LINGER {on, 0}` on every connection, so that closing it sends
+    /// RST and leaves **no TIME_WAIT**. Default off.
+    ///
+    /// **Danger:** unsent or unacknowledged data is discarded at close, the
+    /// peer sees "connection reset", and TIME_WAIT's protection against a
+    /// delayed segment of the old connection landing in a new one with the
+    /// same 4-tuple is gone. Use it only for request/response protocols where
+    /// the client has read the whole response before closing, and prefer
+    /// keep-alive or rotation.
+    pub fn set_linger_zero(&mut self, linger_zero: bool) -> &mut Connector {
+        self.config.linger_zero = linger_zero;
+        self
+    }
+
+    /// Connects to `remote`, blocking, with the configured timeout.
+    pub fn connect_std(&self, remote: SocketAddr) -> Result<std::net::TcpStream, ConnectError> {
+        let mut attempts = Attempts::new(self, remote);
+        loop {
+            let Prepared {
+                socket,
+                local,
+                kind,
+            } = attempts.next_socket(false)?;
+            let addr = SockAddr::from(remote);
+            let result = match self.config.connect_timeout {
+                Some(t) => socket.connect_timeout(&addr, t),
+                None => socket.connect(&addr),
+            };
+            match result {
+                Ok(()) => {
+                    attempts.opened(kind);
+                    return Ok(socket.into());
+                }
+                // `socket` is closed at the end of this iteration, before the next one is made.
+                Err(e) => attempts.connect_failed(e, local)?,
+            }
+        }
+    }
+
+    /// Connects to `remote` on the current tokio runtime, with the configured
+    /// timeout.
+    #[cfg(feature = "tokio")]
+    pub async fn connect(&self, remote: SocketAddr) -> Result<tokio::net::TcpStream, ConnectError> {
+        let mut attempts = Attempts::new(self, remote);
+        loop {
+            let Prepared {
+                socket,
+                local,
+                kind,
+            } = attempts.next_socket(true)?;
+            let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+            let connecting = socket.connect(remote);
+            let result = match self.config.connect_timeout {
+                Some(t) => match tokio::time::timeout(t, connecting).await {
+                    Ok(r) => r,
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connect timed out after {t:?}"),
+                    )),
+                },
+                None => connecting.await,
+            };
+            match result {
+                Ok(stream) => {
+                    attempts.opened(kind);
+                    return Ok(stream);
+                }
+                Err(e) => attempts.connect_failed(e, local)?,
+            }
+        }
+    }
+}
+
+/// A socket made and bound for one attempt.
+struct Prepared {
+    socket: Socket,
+    local: Option<SocketAddr>,
+    kind: ChoiceKind,
+}
+
+#[derive(Clone, Copy)]
+enum ChoiceKind {
+    Kernel,
+    Address,
+    Endpoint,
+    Window,
+}
+
+/// The retry loop's state for one connect.
+struct Attempts<'a> {
+    connector: &'a Connector,
+    remote: SocketAddr,
+    attempt: u32,
+    last_was_exhaustion: bool,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(connector: &'a Connector, remote: SocketAddr) -> Attempts<'a> {
+        Attempts {
+            connector,
+            remote,
+            attempt: 0,
+            last_was_exhaustion: false,
+        }
+    }
+
+    fn error(&self, stage: Stage, local: Option<SocketAddr>, source: io::Error) -> ConnectError {
+        ConnectError::new(stage, local, self.remote, self.attempt, source)
+    }
+
+    /// Asks the policy, makes the socket and binds it; retries by itself
+    /// while `bind()` reports exhaustion.
+    fn next_socket(&mut self, nonblocking: bool) -> Result<Prepared, ConnectError> {
+        loop {
+            self.attempt += 1;
+            self.connector
+                .stats
+                .attempts
+                .fetch_add(1, Ordering::Relaxed);
+            let choice = self.connector.policy.choose(self.remote, self.attempt);
+            match self.prepare(choice, nonblocking) {
+                Ok(p) => return Ok(p),
+                Err(e) => self.retry_or_fail(e)?,
+            }
+        }
+    }
+
+    /// `Ok(())` to go round again, `Err` to return.
+    fn retry_or_fail(&mut self, e: ConnectError) -> Result<(), ConnectError> {
+        let stats = &self.connector.stats;
+        let exhaustion = e.is_exhaustion();
+        let retryable = matches!(e.stage, Stage::Bind | Stage::Connect);
+        self.last_was_exhaustion = exhaustion;
+        if exhaustion && retryable && self.attempt < self.connector.config.max_attempts {
+            stats.exhaustion_retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(remote = %self.remote, local = ?e.local, attempt = self.attempt, error = %e.source, "local port exhausted; asking the policy again");
+            return Ok(());
+        }
+        if exhaustion {
+            stats.exhaustion_failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.other_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e)
+    }
+
+    fn connect_failed(
+        &mut self,
+        e: io::Error,
+        local: Option<SocketAddr>,
+    ) -> Result<(), ConnectError> {
+        let err = self.error(Stage::Connect, local, e);
+        self.retry_or_fail(err)
+    }
+
+    fn opened(&self, kind: ChoiceKind) {
+        let s = &self.connector.stats;
+        let counter = match kind {
+            ChoiceKind::Kernel => &s.opened_kernel,
+            ChoiceKind::Address => &s.opened_address,
+            ChoiceKind::Endpoint => &s.opened_endpoint,
+            ChoiceKind::Window => &s.opened_window,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn prepare(&self, choice: Choice, nonblocking: bool) -> Result<Prepared, ConnectError> {
+        let (bind_to, kind, no_port, window) = match choice {
+            Choice::Kernel => (None, ChoiceKind::Kernel, false, None),
+            Choice::Address(ip) => (
+                Some(SocketAddr::new(ip, 0)),
+                ChoiceKind::Address,
+                true,
+                None,
+            ),
+            Choice::Endpoint(ep) => (Some(ep), ChoiceKind::Endpoint, ep.port() == 0, None),
+            Choice::Window { address, ports } => (
+                address.map(|ip| SocketAddr::new(ip, 0)),
+                ChoiceKind::Window,
+                true,
+                Some(ports),
+            ),
+            Choice::GiveUp(reason) => {
+                let kind = if self.last_was_exhaustion {
+                    io::ErrorKind::AddrNotAvailable
+                } else {
+                    io::ErrorKind::Other
+                };
+                return Err(self.error(
+                    Stage::Policy,
+                    None,
+                    io::Error::new(kind, reason.into_owned()),
+                ));
+            }
+        };
+        if let Some(local) = bind_to {
+            check_family(local.ip(), &self.remote)
+                .map_err(|e| self.error(Stage::Socket, Some(local), e))?;
+        }
+        let socket_err = |e| self.error(Stage::Socket, bind_to, e);
+        let socket = Socket::new(
+            Domain::for_address(self.remote),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(socket_err)?;
+        if nonblocking {
+            socket.set_nonblocking(true).map_err(socket_err)?;
+        }
+        let config = &self.connector.config;
+        if config.nodelay {
+            socket.set_tcp_nodelay(true).map_err(socket_err)?;
+        }
+        if config.linger_zero {
+            socket
+                .set_linger(Some(Duration::ZERO))
+                .map_err(socket_err)?;
+        }
+        if let Some(ports) = window {
+            crate::sys::set_local_port_range(&socket, ports.lo(), ports.hi())
+                .map_err(socket_err)?;
+        }
+        if let Some(local) = bind_to {
+            if no_port {
+                set_no_port_or_warn(&socket);
+            } else {
+                crate::sys::set_reuse_for_explicit_bind(&socket).map_err(socket_err)?;
+            }
+            socket
+                .bind(&SockAddr::from(local))
+                .map_err(|e| self.error(Stage::Bind, Some(local), e))?;
+        }
+        Ok(Prepared {
+            socket,
+            local: bind_to,
+            kind,
+        })
+    }
+}
+
+fn check_family(local: IpAddr, remote: &SocketAddr) -> io::Result<()> {
+    if local.is_ipv4() == remote.is_ipv4() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "source address {local} is {} but destination {remote} is {}",
+            if local.is_ipv4() { "IPv4" } else { "IPv6" },
+            if remote.is_ipv4() { "IPv4" } else { "IPv6" },
+        ),
+    ))
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT` is best-effort: without it the bind still works
+/// but reserves the port for every destination, so warn once and go on.
+fn set_no_port_or_warn(socket: &Socket) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if let Err(e) = crate::sys::set_bind_address_no_port(socket) {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "IP_BIND_ADDRESS_NO_PORT unavailable; address-only binds reserve a port for all destinations");
+        }
+    }
+}
+
+/// Counters of one [`Connector`] and its clones.
+#[derive(Debug, Default)]
+pub struct ConnectStats {
+    attempts: AtomicU64,
+    exhaustion_retries: AtomicU64,
+    exhaustion_failures: AtomicU64,
+    other_failures: AtomicU64,
+    opened_kernel: AtomicU64,
+    opened_address: AtomicU64,
+    opened_endpoint: AtomicU64,
+    opened_window: AtomicU64,
+}
+
+/// A consistent-enough copy of [`ConnectStats`] (each counter is read once).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Policy consultations: every attempt, first tries and retries.
+    pub attempts: u64,
+    /// Attempts that failed for lack of a port and were retried.
+    pub exhaustion_retries: u64,
+    /// Connects that failed for lack of a port (attempts used up, or the
+    /// policy gave up after an exhaustion error).
+    pub exhaustion_failures: u64,
+    /// Connects that failed for any other reason.
+    pub other_failures: u64,
+    /// Connections opened with [`Choice::Kernel`].
+    pub opened_kernel: u64,
+    /// Connections opened with [`Choice::Address`].
+    pub opened_address: u64,
+    /// Connections opened with [`Choice::Endpoint`].
+    pub opened_endpoint: u64,
+    /// Connections opened with [`Choice::Window`].
+    pub opened_window: u64,
+}
+
+impl StatsSnapshot {
+    /// Connections opened, whatever the choice.
+    pub fn opened(&self) -> u64 {
+        self.opened_kernel + self.opened_address + self.opened_endpoint + self.opened_window
+    }
+}
+
+impl ConnectStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            attempts: r(&self.attempts),
+            exhaustion_retries: r(&self.exhaustion_retries),
+            exhaustion_failures: r(&self.exhaustion_failures),
+            other_failures: r(&self.other_failures),
+            opened_kernel: r(&self.opened_kernel),
+            opened_address: r(&self.opened_address),
+            opened_endpoint: r(&self.opened_endpoint),
+            opened_window: r(&self.opened_window),
+        }
+    }
+}
