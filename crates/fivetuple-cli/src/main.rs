@@ -1,1 +1,65 @@
-fn main() {}
+//! The `fivetuple` binary: argument parsing, output and exit codes. The work
+//! lives in the library crates; each subcommand is one module here.
+//!
+//! Exit codes: `doctor` follows the monitoring-plugin convention (0 ok,
+//! 1 warning, 2 critical, 3 unknown). Bad arguments and errors exit 3.
+//! A broken pipe (e.g. `fivetuple doctor | head`) exits quietly.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod doctor;
+
+/// Exit code for bad arguments and errors ("unknown" in the monitoring-plugin convention).
+pub const EXIT_UNKNOWN: u8 = 3;
+
+/// Keeps services from running out of TCP source ports.
+#[derive(Debug, Parser)]
+#[command(name = "fivetuple", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Diagnose this host (or a namespace): per-destination port headroom, time to exhaustion, owners, advice.
+    Doctor(doctor::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_UNKNOWN)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let result = match cli.command {
+        Command::Doctor(args) => doctor::run(args, &mut out),
+    };
+    let result = result.and_then(|code| out.flush().map(|()| code).map_err(Into::into));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fivetuple: {err:#}");
+            ExitCode::from(EXIT_UNKNOWN)
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}

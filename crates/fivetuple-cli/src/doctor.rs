@@ -1,0 +1,507 @@
+//! `fivetuple doctor`: reads the settings and the socket table of a
+//! namespace twice, `--interval` apart, and reports per-destination headroom,
+//! time to exhaustion, owners and advice, as text or as JSON (schema in
+//! docs/doctor.md). Exit codes follow the monitoring-plugin convention.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fivetuple_scan::model::{self, Analysis, Destination, Severity, Snapshot, Thresholds};
+use fivetuple_scan::netns::{self, Target};
+use fivetuple_scan::{procs, Reader, ScanError, Settings};
+use serde::Serialize;
+
+/// Version of the `--json` document; bumped only on incompatible changes.
+const SCHEMA_VERSION: u32 = 1;
+/// The longest `--interval` accepted.
+const MAX_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Raw `doctor` arguments, as typed.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print a JSON document (schema: docs/doctor.md) instead of the report.
+    #[arg(long)]
+    json: bool,
+    /// Scan the named network namespace under /run/netns.
+    #[arg(long, value_name = "NAME", conflicts_with = "pid")]
+    netns: Option<String>,
+    /// Scan the network namespace of this process.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// Show this many destinations, highest utilization first (0: all).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    top: usize,
+    /// Warning threshold, percent of usable ports toward one destination.
+    #[arg(long, value_name = "PCT", default_value = "50", value_parser = parse_percent)]
+    warn: f64,
+    /// Critical threshold, percent of usable ports toward one destination.
+    #[arg(long, value_name = "PCT", default_value = "90", value_parser = parse_percent)]
+    crit: f64,
+    /// Time between the two scans that measure the rate ("1s", "500ms", "2"; "0" for one scan, no rate).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    interval: Duration,
+    /// Where to read the socket table: netlink with /proc fallback (auto), netlink or proc.
+    #[arg(long, value_name = "SOURCE", default_value = "auto", value_parser = ["auto", "netlink", "proc"])]
+    source: String,
+    /// Skip process attribution (scanning /proc/PID/fd).
+    #[arg(long)]
+    no_processes: bool,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+struct Config {
+    json: bool,
+    target: Target,
+    top: usize,
+    thresholds: Thresholds,
+    interval: Duration,
+    reader: Reader,
+    processes: bool,
+}
+
+impl Config {
+    fn resolve(args: Args) -> Result<Config> {
+        if args.warn >= args.crit {
+            bail!("--warn {} must be below --crit {}", args.warn, args.crit);
+        }
+        let target = match (args.netns, args.pid) {
+            (Some(name), _) => Target::Named(name),
+            (None, Some(pid)) => Target::Pid(pid),
+            (None, None) => Target::Current,
+        };
+        // Open the namespace now so a bad --netns/--pid fails before any scan.
+        netns::open(&target)?;
+        let reader = match args.source.as_str() {
+            "netlink" => Reader::Netlink,
+            "proc" => Reader::Proc,
+            _ => Reader::Auto,
+        };
+        Ok(Config {
+            json: args.json,
+            target,
+            top: args.top,
+            thresholds: Thresholds {
+                warn_pct: args.warn,
+                crit_pct: args.crit,
+            },
+            interval: args.interval,
+            reader,
+            processes: !args.no_processes,
+        })
+    }
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        return Err(format!(
+            "{s} is out of range: a percentage must be above 0 and at most 100"
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration (examples: 1s, 500ms, 2)");
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(bad());
+    }
+    let d = Duration::from_secs_f64(v * scale);
+    if d > MAX_INTERVAL {
+        return Err(format!(
+            "{s} is too long: at most {} s",
+            MAX_INTERVAL.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+/// Runs `doctor` and returns the exit code.
+pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
+    let cfg = Config::resolve(args)?;
+    let (reader, interval) = (cfg.reader, cfg.interval);
+    let scans = netns::run_in(&cfg.target, move || -> Result<_, ScanError> {
+        if interval.is_zero() {
+            return Ok((None, fivetuple_scan::snapshot(reader)?));
+        }
+        let before = fivetuple_scan::snapshot(reader)?;
+        std::thread::sleep(interval);
+        let now = fivetuple_scan::snapshot(reader)?;
+        Ok((Some(before), now))
+    });
+    let (before, now) = scans
+        .and_then(|r| r)
+        .with_context(|| format!("cannot scan the {} network namespace", cfg.target))?;
+
+    let owners = cfg.processes.then(|| {
+        let listening = model::listening_ports(&now.sockets);
+        let wanted: HashSet<u64> = now
+            .sockets
+            .iter()
+            .filter(|s| s.inode != 0 && model::is_outbound(s, &listening))
+            .map(|s| s.inode)
+            .collect();
+        procs::find_owners(&wanted)
+    });
+    let analysis = model::analyze(
+        before.as_ref().map(|b| (b, interval)),
+        &now,
+        owners.as_ref(),
+        cfg.thresholds,
+    );
+    let code = exit_code(analysis.status);
+    if cfg.json {
+        write_json(out, &cfg, &now, &analysis, code)?;
+    } else {
+        write_report(out, &cfg, &now, &analysis, code)?;
+    }
+    Ok(code)
+}
+
+fn exit_code(status: Severity) -> u8 {
+    match status {
+        Severity::Ok | Severity::Info => 0,
+        Severity::Warning => 1,
+        Severity::Critical => 2,
+    }
+}
+
+fn shown<'a>(cfg: &Config, a: &'a Analysis) -> &'a [Destination] {
+    if cfg.top == 0 {
+        &a.destinations
+    } else {
+        &a.destinations[..a.destinations.len().min(cfg.top)]
+    }
+}
+
+#[derive(Serialize)]
+struct JsonDoc<'a> {
+    schema_version: u32,
+    status: Severity,
+    exit_code: u8,
+    namespace: String,
+    source: fivetuple_scan::Source,
+    interval_s: f64,
+    thresholds: JsonThresholds,
+    settings: JsonSettings<'a>,
+    counters: JsonCounters<'a>,
+    totals: &'a model::Totals,
+    destinations_total: usize,
+    destinations: &'a [Destination],
+    findings: &'a [model::Finding],
+    notes: &'a [String],
+}
+
+#[derive(Serialize)]
+struct JsonThresholds {
+    warn_pct: f64,
+    crit_pct: f64,
+}
+
+#[derive(Serialize)]
+struct JsonSettings<'a> {
+    #[serde(flatten)]
+    settings: &'a Settings,
+    usable_ports: u32,
+}
+
+#[derive(Serialize)]
+struct JsonCounters<'a> {
+    #[serde(flatten)]
+    counters: &'a fivetuple_scan::Counters,
+    active_opens_per_s: Option<f64>,
+}
+
+fn write_json(
+    out: &mut dyn Write,
+    cfg: &Config,
+    now: &Snapshot,
+    a: &Analysis,
+    code: u8,
+) -> Result<()> {
+    let doc = JsonDoc {
+        schema_version: SCHEMA_VERSION,
+        status: a.status,
+        exit_code: code,
+        namespace: cfg.target.to_string(),
+        source: a.source,
+        interval_s: cfg.interval.as_secs_f64(),
+        thresholds: JsonThresholds {
+            warn_pct: cfg.thresholds.warn_pct,
+            crit_pct: cfg.thresholds.crit_pct,
+        },
+        settings: JsonSettings {
+            settings: &now.settings,
+            usable_ports: a.totals.usable_ports,
+        },
+        counters: JsonCounters {
+            counters: &now.counters,
+            active_opens_per_s: a.active_opens_per_s,
+        },
+        totals: &a.totals,
+        destinations_total: a.destinations.len(),
+        destinations: shown(cfg, a),
+        findings: &a.findings,
+        notes: &a.notes,
+    };
+    serde_json::to_writer_pretty(&mut *out, &doc)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| v.to_string())
+}
+
+fn write_report(
+    out: &mut dyn Write,
+    cfg: &Config,
+    now: &Snapshot,
+    a: &Analysis,
+    code: u8,
+) -> Result<()> {
+    let s = &now.settings;
+    let t = &a.totals;
+    writeln!(
+        out,
+        "fivetuple doctor: namespace {}, socket table from {} ({} sockets), rate over {:?}",
+        cfg.target, a.source, t.sockets, cfg.interval
+    )?;
+    writeln!(out, "\nSettings")?;
+    let (lo, hi) = s.ip_local_port_range;
+    let reserved = if s.ip_local_reserved_ports.is_empty() {
+        "(none)".to_string()
+    } else {
+        s.ip_local_reserved_ports
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let reuse_meaning = match s.tcp_tw_reuse {
+        0 => "off: connect() never reuses a TIME_WAIT 4-tuple",
+        1 => "on: connect() may reuse a TIME_WAIT 4-tuple",
+        2 => "loopback only (default): connect() may reuse TIME_WAIT toward 127.0.0.0/8 and ::1",
+        _ => "unknown value",
+    };
+    let rows: Vec<(String, String, String)> = vec![
+        (
+            "net.ipv4.ip_local_port_range".into(),
+            format!("{lo} {hi}"),
+            format!("ports connect() picks from ({} ports)", s.range_len()),
+        ),
+        (
+            "net.ipv4.ip_local_reserved_ports".into(),
+            reserved,
+            format!(
+                "never picked by connect() ({} inside the range)",
+                s.reserved_in_range()
+            ),
+        ),
+        (
+            "net.ipv4.tcp_tw_reuse".into(),
+            s.tcp_tw_reuse.to_string(),
+            reuse_meaning.into(),
+        ),
+        (
+            "net.ipv4.tcp_tw_reuse_delay".into(),
+            s.tcp_tw_reuse_delay_ms
+                .map_or("(absent)".into(), |v| format!("{v} ms")),
+            "age a TIME_WAIT needs before reuse (fixed 1000 ms before Linux 6.14)".into(),
+        ),
+        (
+            "net.ipv4.tcp_timestamps".into(),
+            s.tcp_timestamps.to_string(),
+            "tcp_tw_reuse works only when this is on".into(),
+        ),
+        (
+            "net.ipv4.tcp_max_tw_buckets".into(),
+            s.tcp_max_tw_buckets.to_string(),
+            "TIME_WAIT sockets beyond this are dropped, not kept".into(),
+        ),
+        (
+            "net.ipv4.tcp_fin_timeout".into(),
+            s.tcp_fin_timeout.to_string(),
+            "FIN_WAIT2 timeout; NOT TIME_WAIT, which is fixed at 60 s: changing it frees no ports"
+                .into(),
+        ),
+    ];
+    for (k, v, m) in rows {
+        writeln!(out, "  {k:<34} {v:<12} {m}")?;
+    }
+    let c = &now.counters;
+    writeln!(
+        out,
+        "  counters: ActiveOpens {}{}, TcpExt TW {}, TWRecycled {}, TCPTimeWaitOverflow {}, sockstat tw {}",
+        opt(c.active_opens),
+        a.active_opens_per_s.map_or(String::new(), |r| format!(" ({r:.1}/s)")),
+        opt(c.tw),
+        opt(c.tw_recycled),
+        opt(c.tcp_time_wait_overflow),
+        opt(c.sockstat_tw)
+    )?;
+    writeln!(
+        out,
+        "\nSockets: {} total, {} listening, {} inbound (not counted), {} outbound to {} destinations, {} TIME_WAIT",
+        t.sockets,
+        t.listening,
+        t.inbound,
+        t.outbound,
+        a.destinations.len(),
+        t.time_wait
+    )?;
+    writeln!(
+        out,
+        "Usable ports per destination: {} (range {} - reserved {} - held by bind()/listen() {})",
+        t.usable_ports,
+        s.range_len(),
+        s.reserved_in_range(),
+        t.ports_held_by_binds
+    )?;
+
+    let list = shown(cfg, a);
+    if list.is_empty() {
+        writeln!(out, "\nNo outbound connections.")?;
+    } else {
+        writeln!(
+            out,
+            "\nDestinations ({} of {}, highest utilization first)",
+            list.len(),
+            a.destinations.len()
+        )?;
+        writeln!(
+            out,
+            "  {:<40} {:>7} {:>8} {:>6} {:>7} {:>7} {:>6} {:>14} {:>8} {:>9} {:>10}  PROCESSES",
+            "LOCAL -> REMOTE",
+            "IN USE",
+            "CAPACITY",
+            "UTIL",
+            "TW",
+            "ESTAB",
+            "OTHER",
+            "TW FREE 10/30/60",
+            "RATE/s",
+            "SUSTAIN/s",
+            "EXHAUST IN"
+        )?;
+        for d in list {
+            let tw = d.states.get("TIME_WAIT").copied().unwrap_or(0);
+            let est = d.states.get("ESTABLISHED").copied().unwrap_or(0);
+            let other = d.states.values().sum::<u32>() - tw - est;
+            let f = d.time_wait_freeing;
+            let procs = if d.processes.is_empty() {
+                "-".to_string()
+            } else {
+                d.processes
+                    .iter()
+                    .take(3)
+                    .map(|p| format!("{}[{}]×{}", p.comm, p.pid, p.sockets))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            writeln!(
+                out,
+                "  {:<40} {:>7} {:>8} {:>5.1}% {:>7} {:>7} {:>6} {:>14} {:>8} {:>9.1} {:>10}  {}",
+                d.label(),
+                d.in_use,
+                d.capacity,
+                d.utilization * 100.0,
+                tw,
+                est,
+                other,
+                format!("{}/{}/{}", f.within_10s, f.within_30s, f.within_60s),
+                d.rate_per_s.map_or("-".into(), |r| format!("{r:.1}")),
+                d.sustainable_rate_per_s,
+                d.seconds_to_exhaustion
+                    .map_or("-".into(), |s| format!("{s:.0} s")),
+                procs
+            )?;
+        }
+    }
+
+    writeln!(out, "\nFindings")?;
+    if a.findings.is_empty() {
+        writeln!(
+            out,
+            "  none: every destination is below {}% of its ports",
+            cfg.thresholds.warn_pct
+        )?;
+    }
+    for f in &a.findings {
+        writeln!(out, "  {:<8} {}", severity_name(f.severity), f.message)?;
+        for adv in &f.advice {
+            writeln!(out, "           -> {adv}")?;
+        }
+    }
+    if !a.notes.is_empty() {
+        writeln!(out, "\nNotes")?;
+        for n in &a.notes {
+            writeln!(out, "  {n}")?;
+        }
+    }
+    writeln!(out, "\nStatus: {} (exit {code})", severity_name(a.status))?;
+    Ok(())
+}
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Ok => "OK",
+        Severity::Info => "INFO",
+        Severity::Warning => "WARNING",
+        Severity::Critical => "CRITICAL",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_bounds() {
+        assert_eq!(parse_percent("50").unwrap(), 50.0);
+        assert_eq!(parse_percent("90%").unwrap(), 90.0);
+        assert!(parse_percent("0").unwrap_err().contains('0'));
+        assert!(parse_percent("101").unwrap_err().contains("101"));
+        assert!(parse_percent("NaN").is_err());
+        assert!(parse_percent("abc").unwrap_err().contains("abc"));
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_interval("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_interval("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_interval("0").unwrap(), Duration::ZERO);
+        assert!(parse_interval("-1").unwrap_err().contains("-1"));
+        assert!(parse_interval("1h").unwrap_err().contains("1h"));
+        assert!(parse_interval("301s").unwrap_err().contains("301s"));
+    }
+
+    #[test]
+    fn severities_map_to_plugin_codes() {
+        assert_eq!(exit_code(Severity::Ok), 0);
+        assert_eq!(exit_code(Severity::Info), 0);
+        assert_eq!(exit_code(Severity::Warning), 1);
+        assert_eq!(exit_code(Severity::Critical), 2);
+    }
+}
