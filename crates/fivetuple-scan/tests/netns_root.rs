@@ -1,0 +1,184 @@
+//! Readers against a real kernel: a fresh network namespace with a known
+//! table, read over netlink and over /proc. Needs root (CAP_SYS_ADMIN for
+//! unshare(CLONE_NEWNET)); under CI=true a missing privilege fails the test.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fivetuple_scan::{netlink, procfs, Socket, TcpState};
+
+fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root (unshare CLONE_NEWNET) and CI is set: run the tests as root");
+    }
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// Runs `f` on a thread that has its own, fresh network namespace with `lo` up.
+fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare only moves this thread into a new namespace.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
+            // A child started from this thread inherits its namespace.
+            let st = Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .expect("run ip");
+            assert!(st.success(), "ip link set lo up failed");
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}
+
+/// Connects client-first-close pairs so the client side ends in TIME_WAIT.
+fn make_time_wait(listener: &TcpListener, n: usize) {
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..n {
+        let c = TcpStream::connect(addr).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        drop(c);
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap(), 0, "server sees the client's FIN");
+        drop(s);
+    }
+}
+
+fn key(s: &Socket) -> (TcpState, SocketAddr, SocketAddr) {
+    (s.state, s.local, s.remote)
+}
+
+#[test]
+fn netns_root_netlink_and_proc_readers_agree() {
+    if !have_root("netns_root_netlink_and_proc_readers_agree") {
+        return;
+    }
+    in_fresh_netns(|| {
+        let l4 = TcpListener::bind("127.0.0.1:8080").unwrap();
+        let l6 = TcpListener::bind("[::1]:8443").unwrap();
+        make_time_wait(&l4, 50);
+        make_time_wait(&l6, 20);
+        let mut keep = Vec::new();
+        for _ in 0..30 {
+            keep.push(TcpStream::connect("127.0.0.1:8080").unwrap());
+            keep.push(l4.accept().unwrap().0);
+        }
+        for _ in 0..10 {
+            keep.push(TcpStream::connect("[::1]:8443").unwrap());
+            keep.push(l6.accept().unwrap().0);
+        }
+        // Wait (bounded) for the last FIN/ACKs to settle into TIME_WAIT.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let nl = loop {
+            let t = netlink::read().expect("netlink read");
+            let tw = t.iter().filter(|s| s.state == TcpState::TimeWait).count();
+            if tw == 70 || Instant::now() > deadline {
+                break t;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let pr = procfs::read().expect("/proc read");
+
+        let count = |v: &[Socket]| {
+            let mut m: BTreeMap<_, usize> = BTreeMap::new();
+            for s in v {
+                *m.entry(key(s)).or_default() += 1;
+            }
+            m
+        };
+        assert_eq!(
+            nl.len(),
+            2 + 70 + 80,
+            "listeners + TIME_WAIT + established pairs"
+        );
+        assert_eq!(count(&nl), count(&pr), "both readers see the same sockets");
+        assert_eq!(nl.iter().filter(|s| s.local.is_ipv6()).count(), 1 + 20 + 20);
+
+        // Same inodes, and TIME_WAIT remaining times agree within a second.
+        let by_key: BTreeMap<_, &Socket> = pr.iter().map(|s| (key(s), s)).collect();
+        for s in &nl {
+            let p = by_key[&key(s)];
+            assert_eq!(s.inode, p.inode, "{s:?}");
+            if s.state == TcpState::TimeWait {
+                let (a, b) = (s.tw_remaining_ms.unwrap(), p.tw_remaining_ms.unwrap());
+                assert!(
+                    a > 50_000 && a <= 60_000,
+                    "fresh TIME_WAIT has ~60 s left, got {a} ms"
+                );
+                assert!(a.abs_diff(b) < 1_000, "netlink {a} ms vs /proc {b} ms");
+            } else {
+                assert_eq!(s.tw_remaining_ms, None);
+            }
+        }
+        drop(keep);
+    });
+}
+
+#[test]
+fn netns_root_run_in_pid_scans_that_namespace_only() {
+    if !have_root("netns_root_run_in_pid_scans_that_namespace_only") {
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        in_fresh_netns(move || {
+            let l = TcpListener::bind("127.0.0.1:7001").unwrap();
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            tx.send(tid).unwrap();
+            let _ = done_rx.recv_timeout(Duration::from_secs(30));
+            drop(l);
+        })
+    });
+    let tid = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let target = fivetuple_scan::netns::Target::Pid(tid);
+    let snap = fivetuple_scan::netns::run_in(&target, || {
+        fivetuple_scan::snapshot(fivetuple_scan::Reader::Auto)
+    })
+    .unwrap()
+    .unwrap();
+    done_tx.send(()).unwrap();
+    worker.join().unwrap();
+    assert_eq!(
+        snap.sockets.len(),
+        1,
+        "only the namespace's listener: {:?}",
+        snap.sockets
+    );
+    assert_eq!(
+        snap.sockets[0].local,
+        "127.0.0.1:7001".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(snap.source, fivetuple_scan::Source::Netlink);
+}
+
+#[test]
+fn netns_unknown_targets_are_named_in_errors() {
+    let e = fivetuple_scan::netns::open(&fivetuple_scan::netns::Target::Named(
+        "no-such-ns-ft".into(),
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("no-such-ns-ft"), "{e}");
+    let e = fivetuple_scan::netns::open(&fivetuple_scan::netns::Target::Named("../etc".into()))
+        .unwrap_err();
+    assert!(e.to_string().contains("../etc"), "{e}");
+    let e = fivetuple_scan::netns::open(&fivetuple_scan::netns::Target::Pid(u32::MAX)).unwrap_err();
+    assert!(e.to_string().contains(&u32::MAX.to_string()), "{e}");
+}
