@@ -25,6 +25,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # HTTP (feature `hyper`)
+//!
+//! hyper-util's client keeps its pool, TLS and timeouts; only the connector
+//! changes. The five-line setup:
+//!
+//! ```no_run
+//! # #[cfg(feature = "hyper")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use fivetuple::{hyper::HttpConnector, Connector, PortRange, Rotation};
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! let policy = Rotation::new(PortRange::new(20000, 29999)?)?;
+//! let connector = HttpConnector::new(Connector::new(policy));
+//! let client: Client<_, String> = Client::builder(TokioExecutor::new()).build(connector);
+//! # let _ = client; Ok(()) }
+//! ```
+//!
+//! `fivetuple::hyper::ConnectionInfo` in each response's extensions names the source
+//! port used; `HttpConnector::stats` counts attempts, exhaustion retries and
+//! failures, and the `metrics` feature registers them into a
+//! `prometheus-client` registry (see `fivetuple::metrics`).
+//!
 //! Platforms: Linux is first-class. macOS and Windows build; options they
 //! lack return [`std::io::ErrorKind::Unsupported`] or fall back with a
 //! logged warning, as each item documents.
@@ -33,6 +54,12 @@
 
 mod connect;
 mod error;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+pub mod hyper;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod policy;
 mod reserved;
 mod rotation;
