@@ -1,0 +1,216 @@
+//! Test support: a fresh network namespace per test (a thread that called
+//! `unshare(CLONE_NEWNET)`; DESIGN.md §5) and a loopback sink server that
+//! records the source address of every connection it accepts.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::Read;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// True when running as root; under `CI=true` a non-root run is an error,
+/// elsewhere the caller skips with a message.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test} needs root (CAP_NET_ADMIN for a network namespace) and CI must run it as root"
+        );
+    }
+    eprintln!(
+        "skipping {test}: needs root (CAP_NET_ADMIN for a network namespace); CI runs it as root"
+    );
+    false
+}
+
+/// Runs `f` on a thread inside a new network namespace with loopback up and
+/// the given `net.ipv4.*` sysctls written. Returns `None` (test skipped) when
+/// not root outside CI. The namespace disappears when the thread ends.
+pub fn in_netns<T, F>(test: &str, sysctls: &[(&str, &str)], f: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if !root_or_skip(test) {
+        return None;
+    }
+    let sysctls: Vec<(String, String)> = sysctls
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let handle = std::thread::spawn(move || {
+        // SAFETY: unshare only affects the calling thread's namespaces.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        // A child forked from this thread inherits its network namespace.
+        let status = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("run `ip link set lo up` (iproute2)");
+        assert!(status.success(), "ip link set lo up: {status}");
+        for (k, v) in &sysctls {
+            set_sysctl(k, v);
+        }
+        raise_fd_limit();
+        f()
+    });
+    Some(
+        handle
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+    )
+}
+
+/// Writes `net.ipv4.NAME` in the calling thread's namespace.
+pub fn set_sysctl(name: &str, value: &str) {
+    let path = format!("/proc/sys/net/ipv4/{name}");
+    std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {value:?} to {path}: {e}"));
+}
+
+/// Lifts the soft fd limit to the hard one; tests hold hundreds of sockets.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill and then pass back.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Counts the TCP sockets `ss` shows in the calling thread's namespace in
+/// `state` (e.g. "time-wait").
+pub fn ss_count(state: &str) -> usize {
+    let out = std::process::Command::new("ss")
+        .args(["-Htan", "state", state])
+        .output()
+        .expect("run ss (iproute2)");
+    assert!(
+        out.status.success(),
+        "ss failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// What the sink does with an accepted connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Read until the client closes, then close: the client closes first and
+    /// its side holds the TIME_WAIT.
+    ReadToEof,
+    /// Keep the connection open until the sink stops.
+    Hold,
+}
+
+/// A loopback server that records the peer address of each accepted
+/// connection, as the server saw it.
+pub struct Sink {
+    pub addr: SocketAddr,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    listener: TcpListener,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    /// Listens on `addr` (use port 8080-ish, outside the test's port ranges).
+    pub fn start(addr: &str, mode: Mode) -> Sink {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen on {addr}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (l, p) = (listener.try_clone().unwrap(), Arc::clone(&peers));
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            // accept() fails once stop() shuts the listener down.
+            while let Ok((mut s, peer)) = l.accept() {
+                p.lock().unwrap().push(peer);
+                match mode {
+                    Mode::ReadToEof => {
+                        let mut buf = [0u8; 256];
+                        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                    Mode::Hold => held.push(s),
+                }
+            }
+        });
+        Sink {
+            addr,
+            peers,
+            listener,
+            thread: Some(thread),
+        }
+    }
+
+    /// Source addresses of the connections accepted so far.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` connections were accepted (bounded: 10 s).
+    pub fn wait_for(&self, n: usize) -> Vec<SocketAddr> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let peers = self.peers();
+            if peers.len() >= n || std::time::Instant::now() > deadline {
+                return peers;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Stops accepting and closes held connections.
+    pub fn stop(mut self) -> Vec<SocketAddr> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Vec<SocketAddr> {
+        // shutdown() on a listening socket wakes a blocked accept() on Linux.
+        let _ = socket2::SockRef::from(&self.listener).shutdown(Shutdown::Read);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peers()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One close-per-call exchange, client closing first: send a byte, send FIN
+/// (`shutdown(Write)`), wait for the server's FIN, close. The client's side
+/// ends in TIME_WAIT. Waiting for the server's FIN keeps a fast client from
+/// coming back to a port whose previous connection the server has not yet
+/// closed (that 4-tuple is still in use: FIN_WAIT2, not TIME_WAIT).
+pub fn call(stream: TcpStream) {
+    use std::io::Write;
+    let mut s = stream;
+    let _ = s.write_all(b"x");
+    let _ = s.shutdown(Shutdown::Write);
+    let mut buf = [0u8; 64];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// Number of open file descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .count()
+}
