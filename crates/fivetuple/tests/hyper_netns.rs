@@ -96,11 +96,14 @@ fn netns_root_rotation_5000_close_per_call_gets_in_100_ports() {
 }
 
 /// The kernel default in the same setting runs out after at most 100 calls;
-/// the error reaches the caller through hyper's error chain. Rotation over
-/// the very ports the kernel left in TIME_WAIT then still works.
+/// the error reaches the caller through hyper's error chain. Afterwards, in
+/// the same namespace, rotation over a range outside the kernel's works,
+/// while rotation over the kernel's own (now all TIME_WAIT) ports cannot
+/// bind: in a process that mixes kernel-chosen ports and rotation, give
+/// rotation a range outside `ip_local_port_range`.
 #[test]
-fn netns_root_kernel_default_exhausts_and_rotation_recovers() {
-    if !root_or_skip("netns_root_kernel_default_exhausts_and_rotation_recovers") {
+fn netns_root_kernel_default_exhausts_rotation_outside_recovers() {
+    if !root_or_skip("netns_root_kernel_default_exhausts_rotation_outside_recovers") {
         return;
     }
     in_netns("kernel-100", &small_range(), || async {
@@ -144,16 +147,36 @@ fn netns_root_kernel_default_exhausts_and_rotation_recovers() {
         assert_eq!(s.exhaustion_retries, retries, "{s:?}");
         assert_eq!((s.exhaustion_failures, s.other_failures), (1, 0), "{s:?}");
 
-        // Same namespace, same 100 ports, all in TIME_WAIT: rotation works.
-        let rotation = Rotation::new(PortRange::new(LO, HI).unwrap()).unwrap();
-        let client = close_per_call(HttpConnector::new(Connector::new(rotation)));
+        // Rotation over the ports the kernel just left in TIME_WAIT does not
+        // help: those TIME_WAITs come from sockets without SO_REUSEADDR, so
+        // an explicit bind conflicts with them (`inet_bind_conflict` needs
+        // `sk_reuse` on both) and fails with EADDRINUSE on every attempt.
+        let inside = Rotation::new(PortRange::new(LO, HI).unwrap()).unwrap();
+        let client = close_per_call(HttpConnector::new(Connector::new(inside)));
+        let err = get(&client, server.uri())
+            .await
+            .expect_err("bind over kernel TIME_WAITs");
+        let inner = connect_error_in_chain(&err).expect("ConnectError in the source() chain");
+        assert_eq!(inner.stage(), fivetuple::Stage::Bind, "{inner:?}");
+        assert_eq!(inner.os_error_name(), Some("EADDRINUSE"), "{inner:?}");
+        assert!(inner.is_exhaustion());
+
+        // Rotation over 100 ports *outside* the kernel's range works at once,
+        // in the same namespace, with the kernel's ports all in TIME_WAIT.
+        let outside = Rotation::new(PortRange::new(20000, 20099).unwrap()).unwrap();
+        let connector = HttpConnector::new(Connector::new(outside));
+        let stats = connector.stats().clone();
+        let client = close_per_call(connector);
         for i in 0..300 {
             let (status, body, info) = get(&client, server.uri())
                 .await
                 .unwrap_or_else(|e| panic!("rotation call {i} after exhaustion: {e:?}"));
             assert_eq!(status, 200);
             assert_eq!(body, info.local_addr().port().to_string());
+            assert!((20000..=20099).contains(&info.local_addr().port()));
         }
+        let s = stats.snapshot();
+        assert_eq!((s.opened_endpoint, s.attempts), (300, 300), "{s:?}");
     });
 }
 
