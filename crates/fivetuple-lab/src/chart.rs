@@ -1,0 +1,1 @@
+//! Timeline charts of a [`crate::Report`] as SVG.

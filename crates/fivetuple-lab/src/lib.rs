@@ -1,0 +1,24 @@
+//! The fivetuple reproduction: "service A calls service B on the same box",
+//! built in a throwaway network namespace, driven into source-port
+//! exhaustion, then run again with each remedy, side by side.
+//!
+//! [`netns`] builds the boxes, [`services`] holds upstream B and frontend A,
+//! [`driver`] is the open-loop load, [`scenario::run`] ties them together
+//! into a [`Report`], and [`chart`] draws it. The `fivetuple repro` command
+//! is a thin layer over [`scenario::run`].
+#![deny(missing_docs)]
+
+pub mod chart;
+pub mod config;
+pub mod driver;
+mod error;
+pub mod netns;
+pub mod report;
+pub mod scenario;
+pub mod services;
+
+pub use config::{parse_duration, parse_remedies, Config, Remedy, Topology};
+pub use error::LabError;
+pub use netns::{prepare, Privilege};
+pub use report::{RemedyResult, Report, Verdict};
+pub use scenario::{run, Observer, Quiet};
