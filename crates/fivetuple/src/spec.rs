@@ -56,7 +56,7 @@ pub fn parse_policy(spec: &str) -> Result<Arc<dyn LocalPolicy>, ConfigError> {
         }
         other => {
             return Err(bad(format!(
-                "unknown policy {other:?}: expected kernel, rotate[:LO-HI], spread:ADDRESSES, window:LO-HI or spread-rotate:ADDRESSES@LO-HI"
+                "unknown kind {other:?}: expected kernel, rotate[:LO-HI], spread:ADDRESSES, window:LO-HI or spread-rotate:ADDRESSES@LO-HI"
             )))
         }
     })
@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn bad_specs_name_the_value() {
         for (spec, needle) in [
-            ("bogus", "unknown policy \"bogus\""),
+            ("bogus", "invalid policy \"bogus\": unknown kind"),
             ("rotate:300-200", "300-200"),
             ("rotate:0-10", "port 0"),
             ("spread:", "spread needs source addresses"),
