@@ -3,6 +3,7 @@
 //!
 //! Exit codes: `doctor` follows the monitoring-plugin convention (0 ok,
 //! 1 warning, 2 critical, 3 unknown). Bad arguments and errors exit 3.
+//! `repro` exits 0 when the experiment ran and 2 on bad arguments.
 //! A broken pipe (e.g. `fivetuple doctor | head`) exits quietly.
 
 use std::io::{self, Write};
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod doctor;
+mod repro;
 
 /// Exit code for bad arguments and errors ("unknown" in the monitoring-plugin convention).
 pub const EXIT_UNKNOWN: u8 = 3;
@@ -27,6 +29,8 @@ struct Cli {
 enum Command {
     /// Diagnose this host (or a namespace): per-destination port headroom, time to exhaustion, owners, advice.
     Doctor(doctor::Args),
+    /// Reproduce source-port exhaustion in a throwaway network namespace and run each remedy side by side.
+    Repro(repro::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,7 +39,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
-                ExitCode::from(EXIT_UNKNOWN)
+                ExitCode::from(if repro::invoked() {
+                    repro::EXIT_USAGE
+                } else {
+                    EXIT_UNKNOWN
+                })
             } else {
                 ExitCode::SUCCESS
             };
@@ -45,6 +53,7 @@ fn main() -> ExitCode {
     let mut out = stdout.lock();
     let result = match cli.command {
         Command::Doctor(args) => doctor::run(args, &mut out),
+        Command::Repro(args) => repro::run(args, &mut out),
     };
     let result = result.and_then(|code| out.flush().map(|()| code).map_err(Into::into));
     match result {

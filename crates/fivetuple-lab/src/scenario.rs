@@ -236,7 +236,7 @@ fn outbound(
         Remedy::Pooled => (
             Outbound::pooled(upstream),
             1,
-            "hyper-util pooled client, keep-alive".into(),
+            "hyper-util pooled client over fivetuple::hyper::HttpConnector, keep-alive".into(),
         ),
     })
 }

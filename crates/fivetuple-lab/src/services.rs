@@ -17,7 +17,6 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
@@ -127,10 +126,11 @@ pub enum Outbound {
         /// Do the challenge/response before the real request.
         auth: bool,
     },
-    /// hyper-util's pooled client with keep-alive.
+    /// hyper-util's pooled client with keep-alive, connecting through
+    /// `fivetuple::hyper::HttpConnector` (kernel-chosen ports).
     Pooled {
         /// The pool.
-        client: Client<HttpConnector, Empty<Bytes>>,
+        client: Client<fivetuple::hyper::HttpConnector, Empty<Bytes>>,
         /// B's address.
         upstream: SocketAddr,
     },
@@ -139,8 +139,9 @@ pub enum Outbound {
 impl Outbound {
     /// A keep-alive pool toward `upstream`.
     pub fn pooled(upstream: SocketAddr) -> Outbound {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
+        let http = fivetuple::hyper::HttpConnector::new(fivetuple::Connector::new(
+            fivetuple::KernelDefault,
+        ));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
