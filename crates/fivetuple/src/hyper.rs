@@ -25,7 +25,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`Client`]: hyper_util::client::legacy::Client
+//! [`Client`]: https://docs.rs/hyper-util/latest/hyper_util/client/legacy/struct.Client.html
 //! [`LocalPolicy`]: crate::LocalPolicy
 
 use std::fmt;
