@@ -15,6 +15,12 @@ const WIDTH: u32 = 960;
 /// Height of one remedy's panel in pixels.
 const PANEL_HEIGHT: u32 = 240;
 
+/// A tick label without a useless ".0".
+fn tick(v: f64) -> String {
+    let s = format!("{v:.1}");
+    s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+}
+
 /// Draws `report` to an SVG file at `path`.
 pub fn write_svg(report: &Report, path: &Path) -> Result<(), LabError> {
     let mut svg = String::new();
@@ -33,18 +39,17 @@ pub fn render(report: &Report, out: &mut String) -> Result<(), LabError> {
         let panels = root.split_evenly((n as usize, 1));
         let b = &report.box_info;
         let x_max = b.duration_s.ceil().max(1.0);
-        let y_max = f64::from(b.rate_per_s) * 1.15;
+        // Headroom above the rate keeps the legend clear of the lines.
+        let y_max = f64::from(b.rate_per_s) * 1.5;
         for (panel, r) in panels.iter().zip(&report.remedies) {
-            let tw_max = (r.peak_time_wait as f64 * 1.15).max(10.0);
+            let tw_max = (r.peak_time_wait as f64 * 1.5).max(10.0);
             let budget = r
                 .budget_per_s
-                .map_or("no TIME_WAIT limit".to_string(), |v| {
-                    format!("budget {v:.0}/s")
-                });
+                .map_or(String::new(), |v| format!("budget {v:.0}/s, "));
             let mut chart = ChartBuilder::on(panel)
                 .caption(
                     format!(
-                        "{}: {} ({budget}, {} calls/s)",
+                        "{}: {} ({budget}{} calls/s)",
                         r.name, r.verdict_text, b.rate_per_s
                     ),
                     ("sans-serif", 16),
@@ -60,12 +65,15 @@ pub fn render(report: &Report, out: &mut String) -> Result<(), LabError> {
                 .configure_mesh()
                 .x_desc("seconds")
                 .y_desc("calls/s")
+                .x_label_formatter(&|v| tick(*v))
+                .y_label_formatter(&|v| tick(*v))
                 .light_line_style(WHITE.mix(0.0))
                 .draw()
                 .map_err(|e| err(&e))?;
             chart
                 .configure_secondary_axes()
                 .y_desc("TIME_WAIT sockets")
+                .y_label_formatter(&|v| tick(*v))
                 .draw()
                 .map_err(|e| err(&e))?;
             // Each second's value is drawn at the middle of that second.

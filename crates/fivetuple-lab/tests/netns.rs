@@ -22,12 +22,14 @@ fn privilege(test: &str) -> Option<Privilege> {
 }
 
 fn small(remedies: &[Remedy], ports: u32, rate: u32, secs: f64) -> Config {
-    let mut c = Config::default();
-    c.remedies = remedies.to_vec();
+    let mut c = Config {
+        remedies: remedies.to_vec(),
+        driver_connections: 8,
+        ..Config::default()
+    };
     c.set_ports(ports, 40000).unwrap();
     c.set_rate(rate).unwrap();
     c.set_duration(Duration::from_secs_f64(secs)).unwrap();
-    c.driver_connections = 8;
     c
 }
 
