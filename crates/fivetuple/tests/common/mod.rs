@@ -130,7 +130,7 @@ pub struct Sink {
 impl Sink {
     /// Listens on `addr` (use port 8080-ish, outside the test's port ranges).
     pub fn start(addr: &str, mode: Mode) -> Sink {
-        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen on {addr}: {e}"));
+        let listener = listen(addr).unwrap_or_else(|e| panic!("listen on {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let peers = Arc::new(Mutex::new(Vec::new()));
         let (l, p) = (listener.try_clone().unwrap(), Arc::clone(&peers));
@@ -192,6 +192,25 @@ impl Drop for Sink {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A listener with a deep accept queue (4096, the namespace's default
+/// `somaxconn`): when the accept thread is briefly descheduled on a busy
+/// machine, a short queue overflows, the SYN is dropped and the client waits
+/// a whole second for the retransmission.
+fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = addr.parse().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 /// One close-per-call exchange, client closing first: send a byte, send FIN
