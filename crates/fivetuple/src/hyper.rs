@@ -117,10 +117,12 @@ impl HttpConnector {
         self
     }
 
-    /// Bounds the whole connect of one URI. The budget is split evenly across
-    /// the resolved addresses, as hyper-util's `HttpConnector` does, so that
-    /// an unreachable first address leaves time for the next; each share
-    /// replaces the wrapped connector's own per-`connect()` timeout.
+    /// Bounds the connect of one URI. The budget is split evenly across the
+    /// resolved addresses, as hyper-util's `HttpConnector` does, so that an
+    /// unreachable first address leaves time for the next; each share
+    /// replaces the wrapped connector's own per-`connect()` timeout. (An
+    /// exhaustion retry fails at once, without waiting, so the share bounds
+    /// the time spent on an address in practice.)
     ///
     /// `None` (the default) keeps the wrapped connector's timeout, which
     /// itself defaults to waiting as long as the OS does.
@@ -552,6 +554,45 @@ mod tests {
                 .await
                 .unwrap();
             assert!(!off.get_ref().nodelay().unwrap());
+        });
+    }
+
+    /// A listener whose accept queue is full drops SYNs
+    /// (`tcp_conn_request`), so connecting to it hangs: the timeout is split
+    /// across the two addresses and each share is spent in turn.
+    #[test]
+    fn connect_timeout_is_split_across_addresses() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpSocket::new_v4().unwrap();
+            listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = listener.listen(0).unwrap();
+            let full = listener.local_addr().unwrap();
+            let mut queued = Vec::new();
+            for _ in 0..8 {
+                let c = tokio::net::TcpStream::connect(full);
+                match tokio::time::timeout(Duration::from_millis(200), c).await {
+                    Ok(Ok(s)) => queued.push(s),
+                    _ => break,
+                }
+            }
+            let mut http = HttpConnector::new(Connector::new(KernelDefault));
+            http.set_connect_timeout(Some(Duration::from_millis(400)));
+            let start = std::time::Instant::now();
+            let err = http.connect_addrs("test", &[full, full]).await.unwrap_err();
+            let elapsed = start.elapsed();
+            let inner = err.connect_error().expect("a connect error");
+            assert_eq!(inner.io_error().kind(), io::ErrorKind::TimedOut, "{err:?}");
+            assert!(
+                elapsed >= Duration::from_millis(390) && elapsed < Duration::from_secs(2),
+                "{elapsed:?}"
+            );
+            let s = http.stats().snapshot();
+            assert_eq!((s.attempts, s.other_failures), (2, 2), "{s:?}");
+            drop(queued);
         });
     }
 
