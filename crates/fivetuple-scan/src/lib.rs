@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod history;
 pub mod model;
 #[cfg(target_os = "linux")]
 pub mod netlink;
@@ -31,6 +32,7 @@ pub mod settings;
 pub mod socket;
 
 pub use error::ScanError;
+pub use history::History;
 pub use model::{Analysis, Destination, Finding, Severity, Snapshot, Thresholds};
 pub use settings::{Counters, Settings};
 pub use socket::{Socket, Source, Table, TcpState};
