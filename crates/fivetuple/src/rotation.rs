@@ -73,6 +73,14 @@ impl Rotation {
     /// explicit bind never blocks a server that starts later; the admin's
     /// carve-outs (`ip_local_reserved_ports`) are honoured; and a widened
     /// range widens rotation with it.
+    ///
+    /// The price: sockets whose port the *kernel* chose in that range (other
+    /// processes, or this one without fivetuple) do not set `SO_REUSEADDR`,
+    /// so while they are open or in TIME_WAIT an explicit bind to their port
+    /// fails with `EADDRINUSE` (`inet_csk_bind_conflict`), and the connect
+    /// loop moves on to the next port. On a host that also makes many
+    /// kernel-chosen connections, give rotation a range of its own outside
+    /// `ip_local_port_range` where no service listens.
     pub fn default_range() -> PortRange {
         crate::sys::read_local_port_range()
             .ok()
