@@ -27,6 +27,9 @@ pub struct PortWindow {
     ports: PortRange,
     address: Option<IpAddr>,
     fallback: Rotation,
+    /// Whether `IP_LOCAL_PORT_RANGE` works here; a field so tests can take
+    /// the fallback path on a kernel that has the option.
+    native: fn() -> bool,
 }
 
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -47,6 +50,7 @@ impl PortWindow {
             ports,
             address: None,
             fallback: Rotation::new(ports)?,
+            native: crate::sys::local_port_range_supported,
         })
     }
 
@@ -71,7 +75,7 @@ impl PortWindow {
 
 impl LocalPolicy for PortWindow {
     fn choose(&self, remote: SocketAddr, attempt: u32) -> Choice {
-        if PortWindow::is_native() {
+        if (self.native)() {
             return Choice::Window {
                 address: self.address,
                 ports: self.ports,
@@ -84,5 +88,50 @@ impl LocalPolicy for PortWindow {
             );
         }
         self.fallback.choose(remote, attempt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_window_is_a_window_choice() {
+        let mut w = PortWindow::new(PortRange::new(40000, 40009).unwrap()).unwrap();
+        w.native = || true;
+        let remote: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(
+            w.choose(remote, 1),
+            Choice::Window {
+                address: None,
+                ports: PortRange::new(40000, 40009).unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn without_the_option_it_rotates_inside_the_window() {
+        let mut w = PortWindow::new(PortRange::new(40000, 40009).unwrap())
+            .unwrap()
+            .with_address("127.0.0.2".parse().unwrap())
+            .unwrap();
+        w.native = || false;
+        let remote: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let mut ports = std::collections::HashSet::new();
+        for _ in 0..10 {
+            match w.choose(remote, 1) {
+                Choice::Endpoint(a) => {
+                    assert_eq!(a.ip(), "127.0.0.2".parse::<IpAddr>().unwrap());
+                    assert!((40000..=40009).contains(&a.port()), "{a}");
+                    ports.insert(a.port());
+                }
+                other => panic!("expected the rotation fallback, got {other:?}"),
+            }
+        }
+        assert_eq!(ports.len(), 10, "one cycle covers the window");
+        assert!(
+            FALLBACK_LOGGED.load(Ordering::Relaxed),
+            "the fallback was logged"
+        );
     }
 }
