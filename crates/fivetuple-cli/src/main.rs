@@ -4,6 +4,8 @@
 //! Exit codes: `doctor` follows the monitoring-plugin convention (0 ok,
 //! 1 warning, 2 critical, 3 unknown). Bad arguments and errors exit 3.
 //! `repro` exits 0 when the experiment ran and 2 on bad arguments.
+//! `exporter` exits 0 on SIGINT/SIGTERM. `top` exits 0 on q and 2 when
+//! stdout is not a terminal.
 //! A broken pipe (e.g. `fivetuple doctor | head`) exits quietly.
 
 use std::io::{self, Write};
@@ -12,7 +14,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod doctor;
+mod exporter;
 mod repro;
+mod top;
 
 /// Exit code for bad arguments and errors ("unknown" in the monitoring-plugin convention).
 pub const EXIT_UNKNOWN: u8 = 3;
@@ -31,6 +35,10 @@ enum Command {
     Doctor(doctor::Args),
     /// Reproduce source-port exhaustion in a throwaway network namespace and run each remedy side by side.
     Repro(repro::Args),
+    /// Serve Prometheus metrics on per-destination port headroom (docs/exporter.md).
+    Exporter(exporter::Args),
+    /// Live terminal view of per-destination port headroom, refreshed every second.
+    Top(top::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +62,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Doctor(args) => doctor::run(args, &mut out),
         Command::Repro(args) => repro::run(args, &mut out),
+        Command::Exporter(args) => exporter::run(args, &mut out),
+        Command::Top(args) => top::run(args),
     };
     let result = result.and_then(|code| out.flush().map(|()| code).map_err(Into::into));
     match result {
