@@ -127,6 +127,11 @@ impl Connector {
         self
     }
 
+    /// The bound on each `connect()` call, if any.
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.config.connect_timeout
+    }
+
     /// Sets `TCP_NODELAY` on every connection. Default off.
     pub fn set_nodelay(&mut self, nodelay: bool) -> &mut Connector {
         self.config.nodelay = nodelay;

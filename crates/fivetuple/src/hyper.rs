@@ -119,8 +119,8 @@ impl HttpConnector {
 
     /// Bounds the connect of one URI. The budget is split evenly across the
     /// resolved addresses, as hyper-util's `HttpConnector` does, so that an
-    /// unreachable first address leaves time for the next; each share
-    /// replaces the wrapped connector's own per-`connect()` timeout. (An
+    /// unreachable first address leaves time for the next; the shorter of the
+    /// share and the wrapped connector's own per-`connect()` timeout applies. (An
     /// exhaustion retry fails at once, without waiting, so the share bounds
     /// the time spent on an address in practice.)
     ///
@@ -156,7 +156,8 @@ impl HttpConnector {
         let connector = match split_timeout(self.config.connect_timeout, addrs.len()) {
             Some(share) => {
                 let mut c = self.connector.clone();
-                c.set_connect_timeout(Some(share));
+                let own = c.connect_timeout();
+                c.set_connect_timeout(Some(own.map_or(share, |t| t.min(share))));
                 c
             }
             None => self.connector.clone(),
