@@ -1,0 +1,578 @@
+//! `fivetuple exporter` as a fleet runs it: the real binary serving /metrics,
+//! scraped by plain HTTP and by a real Prometheus server (Debian's
+//! `prometheus` package) inside fresh network namespaces with known traffic.
+//! Tests named `netns_root_*` need root; under CI=true they fail rather than
+//! skip, and so does a missing `prometheus` or `promtool`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::FromRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fivetuple");
+
+fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root (unshare CLONE_NEWNET) and CI is set: run the tests as root");
+    }
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// Whether `tool` is on PATH; under CI its absence fails the test.
+fn have_tool(test: &str, tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found && std::env::var_os("CI").is_some() {
+        panic!("{test} needs {tool} (apt-get install prometheus) and CI is set");
+    }
+    if !found {
+        eprintln!("skipping {test}: {tool} is not installed");
+    }
+    found
+}
+
+/// Runs `f` on a thread in a fresh network namespace with `lo` up.
+/// Children spawned from that thread inherit the namespace.
+fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare only moves this thread into a new namespace.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
+            let st = Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .expect("run ip");
+            assert!(st.success(), "ip link set lo up failed");
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}
+
+/// Writes a per-namespace sysctl from the calling thread (resolved against its namespace).
+fn sysctl(name: &str, value: &str) {
+    let path = format!("/proc/sys/net/ipv4/{name}");
+    std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {path}: {e}"));
+}
+
+/// Connects from `src` (port chosen at connect() thanks to IP_BIND_ADDRESS_NO_PORT).
+fn connect_from(src: [u8; 4], dst: SocketAddr) -> TcpStream {
+    let SocketAddr::V4(dst) = dst else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: plain socket calls on a fd we own; every return value is checked.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let rc = libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        let sin = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let a = sin(src, 0);
+        assert_eq!(
+            libc::bind(fd, &a as *const _ as *const libc::sockaddr, len),
+            0,
+            "bind"
+        );
+        let b = sin(dst.ip().octets(), dst.port());
+        let rc = libc::connect(fd, &b as *const _ as *const libc::sockaddr, len);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// `n` client-first closes from `src` to `listener`: the client side ends in TIME_WAIT.
+fn make_time_wait(src: [u8; 4], listener: &TcpListener, n: usize) {
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..n {
+        let c = connect_from(src, addr);
+        let (mut s, _) = listener.accept().unwrap();
+        drop(c);
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap(), 0);
+    }
+}
+
+/// A child process killed (by its own pid) when the guard goes away.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory removed when the guard goes away.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("fivetuple-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts the exporter with `args` (plus `--listen 127.0.0.1:0` unless given)
+/// and returns it with the address it printed.
+fn start_exporter(args: &[&str], tweak: impl FnOnce(&mut Command)) -> (Reaper, SocketAddr) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("exporter");
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    tweak(&mut cmd);
+    let mut child = cmd.spawn().expect("run fivetuple exporter");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.is_empty() {
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        let _ = child.wait();
+        panic!("the exporter printed no address; stderr:\n{err}");
+    }
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (Reaper(child), addr)
+}
+
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, accept: Option<&str>) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {raw:?}"));
+    Reply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(addr, "GET", path, None)
+}
+
+/// The value of the sample whose line starts with `prefix` (name and labels).
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn promtool_check(text: &str, dir: &Path) {
+    let f = dir.join("scrape.txt");
+    std::fs::write(&f, text).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", f.display()))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Instant query against Prometheus' HTTP API: the result vector.
+fn query(prom: SocketAddr, q: &str) -> Vec<Value> {
+    let r = get(prom, &format!("/api/v1/query?query={}", urlencode(q)));
+    // Chunked transfer encoding is possible: take the JSON object between the outer braces.
+    let (Some(a), Some(b)) = (r.body.find('{'), r.body.rfind('}')) else {
+        return Vec::new();
+    };
+    let v: Value = serde_json::from_str(&r.body[a..=b]).unwrap_or(Value::Null);
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+fn value_of(series: &Value) -> f64 {
+    series["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn netns_root_prometheus_scrapes_known_traffic() {
+    let test = "netns_root_prometheus_scrapes_known_traffic";
+    if !have_root(test) || !have_tool(test, "prometheus") {
+        return;
+    }
+    let dir = TempDir::new("exporter-prom");
+    in_fresh_netns(|| {
+        // A 100-port range, no TIME_WAIT reuse: 60 ESTABLISHED clients to :8080 are 60% of it.
+        sysctl("ip_local_port_range", "40000 40099");
+        sysctl("tcp_tw_reuse", "0");
+        let l80 = TcpListener::bind("127.0.0.1:8080").unwrap();
+        let l81 = TcpListener::bind("127.0.0.1:8081").unwrap();
+        let mut keep = Vec::new();
+        for _ in 0..60 {
+            keep.push(connect_from(
+                [127, 0, 0, 1],
+                "127.0.0.1:8080".parse().unwrap(),
+            ));
+            keep.push(l80.accept().unwrap().0);
+        }
+        make_time_wait([127, 0, 0, 2], &l81, 30);
+
+        let (_exporter, exp) = start_exporter(&["--listen", "127.0.0.1:19299"], |_| {});
+        assert_eq!(exp.port(), 19299);
+        let config = dir.0.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fivetuple\n    static_configs:\n      - targets: ['{exp}']\n"
+            ),
+        )
+        .unwrap();
+        let prom_addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
+        let _prom = Reaper(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.0.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={prom_addr}"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("run prometheus"),
+        );
+
+        // Bounded wait: Prometheus starts, scrapes every second.
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut util = Vec::new();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            if TcpStream::connect(prom_addr).is_err() {
+                continue;
+            }
+            util = query(
+                prom_addr,
+                "fivetuple_destination_utilization_ratio{job=\"fivetuple\",remote_port=\"8080\"}",
+            );
+            if !util.is_empty() {
+                break;
+            }
+        }
+        let log = std::fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+        assert_eq!(
+            util.len(),
+            1,
+            "no utilization series within 40 s; prometheus log:\n{log}"
+        );
+        let m = &util[0]["metric"];
+        assert_eq!(m["local_ip"], "127.0.0.1");
+        assert_eq!(m["remote_ip"], "127.0.0.1");
+        assert_eq!(m["instance"], "127.0.0.1:19299");
+        assert_eq!(value_of(&util[0]), 0.6, "60 of 100 ports");
+
+        let up = query(prom_addr, "up{job=\"fivetuple\"}");
+        assert_eq!(value_of(&up[0]), 1.0);
+        let est = query(
+            prom_addr,
+            "fivetuple_destination_sockets{remote_port=\"8080\",state=\"ESTABLISHED\"}",
+        );
+        assert_eq!(value_of(&est[0]), 60.0);
+        let tw = query(
+            prom_addr,
+            "fivetuple_destination_sockets{local_ip=\"127.0.0.2\",remote_port=\"8081\",state=\"TIME_WAIT\"}",
+        );
+        assert_eq!(value_of(&tw[0]), 30.0);
+        let usable = query(prom_addr, "fivetuple_usable_ports");
+        assert_eq!(value_of(&usable[0]), 100.0);
+        let ok = query(prom_addr, "fivetuple_scrape_collector_success");
+        assert_eq!(ok.len(), 3, "{ok:?}");
+        assert!(ok.iter().all(|s| value_of(s) == 1.0), "{ok:?}");
+        // Inbound (accepted) sockets of :8080 are not a destination.
+        let by_port = query(
+            prom_addr,
+            "fivetuple_destination_ports_in_use{remote_port=~\"4.*\"}",
+        );
+        assert!(
+            by_port.is_empty(),
+            "accepted sockets exported as destinations: {by_port:?}"
+        );
+        drop(keep);
+    });
+}
+
+#[test]
+fn netns_root_http_codes_formats_and_concurrent_scrapes() {
+    let test = "netns_root_http_codes_formats_and_concurrent_scrapes";
+    if !have_root(test) || !have_tool(test, "promtool") {
+        return;
+    }
+    let dir = TempDir::new("exporter-http");
+    in_fresh_netns(|| {
+        let l = TcpListener::bind("127.0.0.1:8080").unwrap();
+        make_time_wait([127, 0, 0, 1], &l, 20);
+        let (_exporter, addr) = start_exporter(&["--top-k", "1"], |_| {});
+
+        let r = get(addr, "/nope");
+        assert_eq!(r.status, 404);
+        let r = request(addr, "POST", "/metrics", None);
+        assert_eq!(r.status, 405);
+        assert!(r.head.contains("allow: get, head"), "{}", r.head);
+        assert_eq!(get(addr, "/").status, 200);
+
+        let text = get(addr, "/metrics");
+        assert_eq!(text.status, 200);
+        assert!(
+            text.head
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{}",
+            text.head
+        );
+        assert!(!text.body.contains("# EOF"));
+        assert_eq!(
+            sample(
+                &text.body,
+                "fivetuple_destination_sockets{local_ip=\"127.0.0.1\",remote_ip=\"127.0.0.1\",remote_port=\"8080\",state=\"TIME_WAIT\"}"
+            ),
+            Some(20.0),
+            "{}",
+            text.body
+        );
+        promtool_check(&text.body, &dir.0);
+
+        let om = request(
+            addr,
+            "GET",
+            "/metrics",
+            Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+        );
+        assert_eq!(om.status, 200);
+        assert!(
+            om.head
+                .contains("content-type: application/openmetrics-text; version=1.0.0"),
+            "{}",
+            om.head
+        );
+        assert!(om.body.ends_with("# EOF\n"));
+        assert!(om
+            .body
+            .contains("# TYPE fivetuple_tcp_active_opens counter"));
+
+        // 12 scrapers at once: each gets a full scrape or a quick 503, never a broken one.
+        let replies: Vec<Reply> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..12)
+                .map(|_| s.spawn(move || get(addr, "/metrics")))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ok = replies.iter().filter(|r| r.status == 200).count();
+        assert!(replies.iter().all(|r| r.status == 200 || r.status == 503));
+        assert!(
+            ok >= 5,
+            "one running plus a queue of 4 always succeed; got {ok}"
+        );
+        for r in replies.iter().filter(|r| r.status == 200) {
+            assert!(r
+                .body
+                .contains("fivetuple_scrape_collector_success{collector=\"destinations\"} 1"));
+        }
+        let rejected = 12 - ok;
+        let after = get(addr, "/metrics");
+        assert_eq!(
+            sample(&after.body, "fivetuple_exporter_scrapes_rejected_total"),
+            Some(rejected as f64)
+        );
+    });
+}
+
+#[test]
+fn netns_root_runs_without_root_and_watches_a_named_netns() {
+    let test = "netns_root_runs_without_root_and_watches_a_named_netns";
+    if !have_root(test) {
+        return;
+    }
+    // Unprivileged: nobody can still read its own namespace's table over netlink.
+    let (_e, addr) = start_exporter(&[], |c| {
+        c.uid(65534).gid(65534);
+    });
+    let r = get(addr, "/metrics");
+    assert_eq!(r.status, 200);
+    for c in ["settings", "destinations", "counters"] {
+        assert_eq!(
+            sample(
+                &r.body,
+                &format!("fivetuple_scrape_collector_success{{collector=\"{c}\"}}")
+            ),
+            Some(1.0),
+            "{c} as nobody:\n{}",
+            r.body
+        );
+    }
+    assert_eq!(
+        sample(&r.body, "fivetuple_socket_table_source{source=\"netlink\"}"),
+        Some(1.0)
+    );
+
+    // --netns NAME: the exporter listens in the host namespace and reads the named one.
+    let name = format!("ft-exp-{}", std::process::id());
+    let st = Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip netns add {name}");
+    struct DelNetns(String);
+    impl Drop for DelNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+    let _del = DelNetns(name.clone());
+    let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+    let keep = std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns moves only this thread; the fd is open.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            assert!(Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .unwrap()
+                .success());
+            let l = TcpListener::bind("127.0.0.1:7070").unwrap();
+            let mut keep = Vec::new();
+            for _ in 0..25 {
+                keep.push(connect_from(
+                    [127, 0, 0, 3],
+                    "127.0.0.1:7070".parse().unwrap(),
+                ));
+                keep.push(l.accept().unwrap().0);
+            }
+            (l, keep)
+        })
+        .join()
+        .unwrap()
+    });
+    let (_e2, addr) = start_exporter(&["--netns", &name], |_| {});
+    let r = get(addr, "/metrics");
+    assert_eq!(
+        sample(
+            &r.body,
+            "fivetuple_destination_sockets{local_ip=\"127.0.0.3\",remote_ip=\"127.0.0.1\",remote_port=\"7070\",state=\"ESTABLISHED\"}"
+        ),
+        Some(25.0),
+        "{}",
+        r.body
+    );
+    drop(keep);
+}
+
+#[test]
+fn bad_arguments_exit_3_naming_the_value() {
+    for (args, wanted) in [
+        (&["--listen", "nowhere:80"][..], "\"nowhere:80\""),
+        (&["--listen", "127.0.0.1"][..], "127.0.0.1"),
+        (&["--top-k", "0"][..], "at least 1"),
+        (&["--netns", "ft-no-such-netns"][..], "\"ft-no-such-netns\""),
+    ] {
+        let out = Command::new(BIN)
+            .arg("exporter")
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains(wanted), "{args:?}: {err}");
+    }
+    // A port already taken is named too.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["exporter", "--listen", &a])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("cannot listen on {a}")), "{err}");
+}
