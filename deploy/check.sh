@@ -71,10 +71,12 @@ print("  %d panels, datasource variable ok" % len(d["panels"]))
 # Every panel query, with Grafana's variables filled in, as recording rules for promtool.
 with open(sys.argv[2], "w") as f:
     f.write("groups:\n  - name: dashboard\n    rules:\n")
+    n = 0
     for p in d["panels"]:
         for t in p["targets"]:
+            n += 1
             e = t["expr"].replace("$__rate_interval", "5m").replace("$instance", ".*")
-            f.write("      - record: dashboard:query\n        expr: %s\n" % json.dumps(e))
+            f.write("      - record: dashboard:query_%d\n        expr: %s\n" % (n, json.dumps(e)))
 PY
 promtool check rules "$tmp/dashboard-queries.yml" >/dev/null
 echo "  every panel query parses (promtool)"
