@@ -56,6 +56,39 @@ fn bad_arguments_exit_2_naming_the_value() {
     }
 }
 
+/// Inside a child user namespace whose `user.max_user_namespaces` is 0, a
+/// process without capabilities can create neither kind of namespace: the
+/// command must exit 2 and name the setting. Needs util-linux (`unshare`,
+/// `setpriv`) and unprivileged user namespaces on the host.
+#[test]
+fn without_namespaces_exits_2_naming_what_is_missing() {
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces || exit 99; \
+         exec setpriv --bounding-set=-all --inh-caps=-all --ambient-caps=-all {} repro --only naive --duration 1s",
+        env!("CARGO_BIN_EXE_fivetuple")
+    );
+    let out = Command::new("unshare")
+        .args(["-U", "-r", "sh", "-c", &script])
+        .output();
+    let stderr = out
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    if !stderr.contains("fivetuple:") {
+        let why = format!("cannot set up a user namespace without namespace support: {out:?}");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("skipping without_namespaces_exits_2_naming_what_is_missing: {why}");
+        return;
+    }
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("CAP_SYS_ADMIN") && stderr.contains("user.max_user_namespaces=0"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
 #[test]
 fn netns_root_short_run_prints_the_table() {
     if !is_root("netns_root_short_run_prints_the_table") {

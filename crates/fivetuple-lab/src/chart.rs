@@ -159,6 +159,8 @@ mod tests {
             peak_time_wait: 1000,
             budget_per_s: Some(16.7),
             achieved_per_s: 200.0,
+            latency_ms_p50: 1.0,
+            latency_ms_p99: 2.0,
             verdict: Verdict::Fails,
             verdict_text: "fails at 5.0 s".into(),
             settings: RemedySettings {

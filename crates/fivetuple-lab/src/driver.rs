@@ -59,21 +59,33 @@ pub struct DriveOutcome {
     pub ok_before_first_failure: u64,
     /// Highest TIME_WAIT count sampled.
     pub peak_time_wait: u64,
+    /// Seconds from the start until the last answer arrived.
+    pub completed_s: f64,
+    /// Median time from a call's scheduled send to its answer, in ms.
+    pub latency_ms_p50: f64,
+    /// 99th percentile of that time, in ms.
+    pub latency_ms_p99: f64,
     /// One entry per second of the run.
     pub timeline: Vec<Second>,
 }
+
+/// A call not answered this long after it was due counts as failed.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(6);
 
 #[derive(Default)]
 struct Record {
     timeline: Vec<Second>,
     first_failure: Option<(u64, String)>,
     ok_scheduled: Vec<u64>,
+    /// Microseconds from scheduled send to answer, per call.
+    latencies_us: Vec<u32>,
+    last_answer: Option<Instant>,
 }
 
 /// Drives `target` at `rate` calls/s for `duration` over `connections`
 /// kept-alive connections, sampling TIME_WAIT with `time_wait` (called on a
 /// runtime thread, so inside the box). Bounded: `rate × duration` calls,
-/// then at most [`CALL_TIMEOUT`] plus a second for the last answers.
+/// then at most [`ANSWER_WITHIN`] plus a second for the last answers.
 pub async fn drive(
     target: SocketAddr,
     rate: u32,
@@ -134,10 +146,30 @@ pub async fn drive(
                 done.clone(),
             );
             tokio::spawn(async move {
-                let result = one_call(target, &pool, &permits).await;
+                // Every wait counts from when the call was due, including
+                // the wait for a free connection to A, so a system that
+                // falls behind shows it (no coordinated omission).
+                let due_at = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
+                let result = tokio::time::timeout_at(
+                    (due_at + ANSWER_WITHIN).into(),
+                    one_call(target, &pool, &permits),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer within {ANSWER_WITHIN:?} of being due (the system fell behind)"
+                    ))
+                });
+                let now = Instant::now();
+                let latency = now
+                    .saturating_duration_since(due_at)
+                    .as_micros()
+                    .min(u128::from(u32::MAX)) as u32;
                 let second = (i as f64 / f64::from(rate)) as usize;
                 let mut r = record.lock().expect("record lock");
                 let slot = second.min(r.timeline.len() - 1);
+                r.latencies_us.push(latency);
+                r.last_answer = Some(r.last_answer.map_or(now, |t| t.max(now)));
                 match result {
                     Ok(()) => {
                         r.timeline[slot].ok += 1;
@@ -158,7 +190,8 @@ pub async fn drive(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 
-    let deadline = Instant::now() + CALL_TIMEOUT + Duration::from_secs(1);
+    // Every call times out ANSWER_WITHIN after it was due; this is a backstop.
+    let deadline = Instant::now() + ANSWER_WITHIN + Duration::from_secs(1);
     while done.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -168,7 +201,20 @@ pub async fn drive(
     }
     sampler.abort();
 
-    let r = record.lock().expect("record lock");
+    let mut r = record.lock().expect("record lock");
+    r.latencies_us.sort_unstable();
+    let pct = |q: f64| {
+        let l = &r.latencies_us;
+        if l.is_empty() {
+            0.0
+        } else {
+            f64::from(l[((l.len() - 1) as f64 * q).round() as usize]) / 1000.0
+        }
+    };
+    let (latency_ms_p50, latency_ms_p99) = (pct(0.5), pct(0.99));
+    let completed_s = r
+        .last_answer
+        .map_or(0.0, |t| t.duration_since(start).as_secs_f64());
     let ok: u64 = r.timeline.iter().map(|s| s.ok).sum();
     let answered_failed: u64 = r.timeline.iter().map(|s| s.failed).sum();
     let unanswered = sent - ok - answered_failed;
@@ -182,7 +228,7 @@ pub async fn drive(
         (None, _) => (
             Some(duration.as_secs_f64()),
             Some(format!(
-                "{unanswered} calls not answered within {CALL_TIMEOUT:?} after the run"
+                "{unanswered} calls not answered within {ANSWER_WITHIN:?} after the run"
             )),
             ok,
         ),
@@ -201,6 +247,9 @@ pub async fn drive(
             .max()
             .unwrap_or(0)
             .max(live.time_wait.load(Ordering::Relaxed)),
+        completed_s,
+        latency_ms_p50,
+        latency_ms_p99,
         timeline: r.timeline.clone(),
     })
 }

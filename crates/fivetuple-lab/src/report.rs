@@ -86,8 +86,14 @@ pub struct RemedyResult {
     pub peak_time_wait: u64,
     /// Sustainable new-connection rate, or `None` when TIME_WAIT does not bound it.
     pub budget_per_s: Option<f64>,
-    /// The rate sustained with zero errors (up to the first failure).
+    /// The rate sustained with zero errors: calls answered 200 before the
+    /// first failure, over the time they took (at least the run's duration,
+    /// so a driver or service that falls behind shows a lower figure).
     pub achieved_per_s: f64,
+    /// Median time from a call being due to its answer, in ms.
+    pub latency_ms_p50: f64,
+    /// 99th percentile of that time, in ms.
+    pub latency_ms_p99: f64,
     /// The verdict.
     pub verdict: Verdict,
     /// The verdict in words.

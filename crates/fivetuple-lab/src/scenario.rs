@@ -101,7 +101,7 @@ fn run_remedy(
     let o = run.outcome;
     let (verdict, verdict_text) = verdict(o.failed, o.first_failure_s, budget, config.rate);
     let achieved_per_s = match o.first_failure_s {
-        None => o.ok as f64 / config.duration.as_secs_f64(),
+        None => o.ok as f64 / config.duration.as_secs_f64().max(o.completed_s),
         Some(t) if t > 0.0 => o.ok_before_first_failure as f64 / t,
         Some(_) => 0.0,
     };
@@ -116,6 +116,8 @@ fn run_remedy(
             peak_time_wait: o.peak_time_wait,
             budget_per_s: budget.per_s(),
             achieved_per_s,
+            latency_ms_p50: o.latency_ms_p50,
+            latency_ms_p99: o.latency_ms_p99,
             verdict,
             verdict_text,
             settings: run.settings,
