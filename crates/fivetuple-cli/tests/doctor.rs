@@ -2,53 +2,17 @@
 //! network namespaces with known socket tables. Tests named `netns_root_*`
 //! need root (unshare CLONE_NEWNET); under CI=true they fail rather than skip.
 
+mod support;
+
+use support::*;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::FromRawFd;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_fivetuple");
-
-fn have_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} needs root (unshare CLONE_NEWNET) and CI is set: run the tests as root");
-    }
-    eprintln!("skipping {test}: needs root");
-    false
-}
-
-/// Runs `f` on a thread in a fresh network namespace with `lo` up.
-/// Children spawned from that thread (the binary, `ss`) inherit the namespace.
-fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: unshare only moves this thread into a new namespace.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET): {}",
-                std::io::Error::last_os_error()
-            );
-            let st = Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .expect("run ip");
-            assert!(st.success(), "ip link set lo up failed");
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    })
-}
 
 fn doctor(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -78,47 +42,6 @@ fn make_time_wait(listener: &TcpListener, n: usize) {
         let mut b = [0u8; 1];
         assert_eq!(s.read(&mut b).unwrap(), 0);
         drop(s);
-    }
-}
-
-/// Connects from `src` (port chosen at connect() thanks to IP_BIND_ADDRESS_NO_PORT).
-fn connect_from(src: [u8; 4], dst: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(dst) = dst else {
-        panic!("IPv4 only")
-    };
-    // SAFETY: plain socket calls on a fd we own; every return value is checked.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let stream = TcpStream::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        let rc = libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0);
-        let sin = |ip: [u8; 4], port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(ip),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let a = sin(src, 0);
-        assert_eq!(
-            libc::bind(fd, &a as *const _ as *const libc::sockaddr, len),
-            0,
-            "bind"
-        );
-        let b = sin(dst.ip().octets(), dst.port());
-        let rc = libc::connect(fd, &b as *const _ as *const libc::sockaddr, len);
-        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-        stream
     }
 }
 

@@ -4,118 +4,18 @@
 //! Tests named `netns_root_*` need root; under CI=true they fail rather than
 //! skip, and so does a missing `prometheus` or `promtool`.
 
+mod support;
+
+use support::*;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_fivetuple");
-
-fn have_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} needs root (unshare CLONE_NEWNET) and CI is set: run the tests as root");
-    }
-    eprintln!("skipping {test}: needs root");
-    false
-}
-
-/// Whether `tool` is on PATH; under CI its absence fails the test.
-fn have_tool(test: &str, tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found && std::env::var_os("CI").is_some() {
-        panic!("{test} needs {tool} (apt-get install prometheus) and CI is set");
-    }
-    if !found {
-        eprintln!("skipping {test}: {tool} is not installed");
-    }
-    found
-}
-
-/// Runs `f` on a thread in a fresh network namespace with `lo` up.
-/// Children spawned from that thread inherit the namespace.
-fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: unshare only moves this thread into a new namespace.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET): {}",
-                std::io::Error::last_os_error()
-            );
-            let st = Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .expect("run ip");
-            assert!(st.success(), "ip link set lo up failed");
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    })
-}
-
-/// Writes a per-namespace sysctl from the calling thread (resolved against its namespace).
-fn sysctl(name: &str, value: &str) {
-    let path = format!("/proc/sys/net/ipv4/{name}");
-    std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {path}: {e}"));
-}
-
-/// Connects from `src` (port chosen at connect() thanks to IP_BIND_ADDRESS_NO_PORT).
-fn connect_from(src: [u8; 4], dst: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(dst) = dst else {
-        panic!("IPv4 only")
-    };
-    // SAFETY: plain socket calls on a fd we own; every return value is checked.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let stream = TcpStream::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        let rc = libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0);
-        let sin = |ip: [u8; 4], port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(ip),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let a = sin(src, 0);
-        assert_eq!(
-            libc::bind(fd, &a as *const _ as *const libc::sockaddr, len),
-            0,
-            "bind"
-        );
-        let b = sin(dst.ip().octets(), dst.port());
-        let rc = libc::connect(fd, &b as *const _ as *const libc::sockaddr, len);
-        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-        stream
-    }
-}
 
 /// `n` client-first closes from `src` to `listener`: the client side ends in TIME_WAIT.
 fn make_time_wait(src: [u8; 4], listener: &TcpListener, n: usize) {
@@ -274,7 +174,7 @@ fn value_of(series: &Value) -> f64 {
 #[test]
 fn netns_root_prometheus_scrapes_known_traffic() {
     let test = "netns_root_prometheus_scrapes_known_traffic";
-    if !have_root(test) || !have_tool(test, "prometheus") {
+    if !have_root(test) || !have_tool(test, "prometheus", "prometheus") {
         return;
     }
     let dir = TempDir::new("exporter-prom");
@@ -381,7 +281,7 @@ fn netns_root_prometheus_scrapes_known_traffic() {
 #[test]
 fn netns_root_http_codes_formats_and_concurrent_scrapes() {
     let test = "netns_root_http_codes_formats_and_concurrent_scrapes";
-    if !have_root(test) || !have_tool(test, "promtool") {
+    if !have_root(test) || !have_tool(test, "promtool", "prometheus") {
         return;
     }
     let dir = TempDir::new("exporter-http");

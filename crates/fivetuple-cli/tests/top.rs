@@ -3,80 +3,14 @@
 //! Tests named `netns_root_*` need root; under CI=true they fail rather than
 //! skip, and so does a missing `tmux`.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+mod support;
+
+use support::*;
+
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_fivetuple");
-
-fn have_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} needs root (ip netns add) and CI is set: run the tests as root");
-    }
-    eprintln!("skipping {test}: needs root");
-    false
-}
-
-fn have_tmux(test: &str) -> bool {
-    let ok = Command::new("tmux")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok && std::env::var_os("CI").is_some() {
-        panic!("{test} needs tmux (apt-get install tmux) and CI is set");
-    }
-    if !ok {
-        eprintln!("skipping {test}: tmux is not installed");
-    }
-    ok
-}
-
-/// Connects from `src` (port chosen at connect() thanks to IP_BIND_ADDRESS_NO_PORT).
-fn connect_from(src: [u8; 4], dst: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(dst) = dst else {
-        panic!("IPv4 only")
-    };
-    // SAFETY: plain socket calls on a fd we own; every return value is checked.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let stream = TcpStream::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        let rc = libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(rc, 0);
-        let sin = |ip: [u8; 4], port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(ip),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let a = sin(src, 0);
-        assert_eq!(
-            libc::bind(fd, &a as *const _ as *const libc::sockaddr, len),
-            0,
-            "bind"
-        );
-        let b = sin(dst.ip().octets(), dst.port());
-        let rc = libc::connect(fd, &b as *const _ as *const libc::sockaddr, len);
-        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-        stream
-    }
-}
 
 /// A named namespace (`ip netns add`), deleted when dropped.
 struct NamedNetns(String);
@@ -144,7 +78,7 @@ impl Drop for Tmux {
 #[test]
 fn netns_root_top_shows_the_busy_destination_and_quits_on_q() {
     let test = "netns_root_top_shows_the_busy_destination_and_quits_on_q";
-    if !have_root(test) || !have_tmux(test) {
+    if !have_root(test) || !have_tool(test, "tmux", "tmux") {
         return;
     }
     let ns = NamedNetns::new("top");
