@@ -179,7 +179,7 @@ pub async fn drive(
                     Err(text) => {
                         r.timeline[slot].failed += 1;
                         live.failed.fetch_add(1, Ordering::Relaxed);
-                        if r.first_failure.as_ref().map_or(true, |(j, _)| i < *j) {
+                        if r.first_failure.as_ref().is_none_or(|(j, _)| i < *j) {
                             r.first_failure = Some((i, text));
                         }
                     }
