@@ -344,10 +344,10 @@ fn netns_root_http_codes_formats_and_concurrent_scrapes() {
         });
         let ok = replies.iter().filter(|r| r.status == 200).count();
         assert!(replies.iter().all(|r| r.status == 200 || r.status == 503));
-        assert!(
-            ok >= 5,
-            "one running plus a queue of 4 always succeed; got {ok}"
-        );
+        // The queue (4) is empty when the burst starts, so at least 4 are
+        // served; a fifth only if the worker took a job off the queue before
+        // the burst filled it, which is a race, not a guarantee.
+        assert!(ok >= 4, "a queue of 4 always succeeds; got {ok}");
         for r in replies.iter().filter(|r| r.status == 200) {
             assert!(r
                 .body
