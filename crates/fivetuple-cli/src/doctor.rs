@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
 
+use crate::table_args::TableArgs;
 use anyhow::{bail, Context, Result};
 use fivetuple_scan::model::{self, Analysis, Destination, Severity, Snapshot, Thresholds};
 use fivetuple_scan::netns::{self, Target};
@@ -24,12 +25,8 @@ pub struct Args {
     /// Print a JSON document (schema: docs/doctor.md) instead of the report.
     #[arg(long)]
     json: bool,
-    /// Scan the named network namespace under /run/netns.
-    #[arg(long, value_name = "NAME", conflicts_with = "pid")]
-    netns: Option<String>,
-    /// Scan the network namespace of this process.
-    #[arg(long, value_name = "PID")]
-    pid: Option<u32>,
+    #[command(flatten)]
+    table: TableArgs,
     /// Show this many destinations, highest utilization first (0: all).
     #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
@@ -42,9 +39,6 @@ pub struct Args {
     /// Time between the two scans that measure the rate ("1s", "500ms", "2"; "0" for one scan, no rate).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     interval: Duration,
-    /// Where to read the socket table: netlink with /proc fallback (auto), netlink or proc.
-    #[arg(long, value_name = "SOURCE", default_value = "auto", value_parser = ["auto", "netlink", "proc"])]
-    source: String,
     /// Skip process attribution (scanning /proc/PID/fd).
     #[arg(long)]
     no_processes: bool,
@@ -67,18 +61,10 @@ impl Config {
         if args.warn >= args.crit {
             bail!("--warn {} must be below --crit {}", args.warn, args.crit);
         }
-        let target = match (args.netns, args.pid) {
-            (Some(name), _) => Target::Named(name),
-            (None, Some(pid)) => Target::Pid(pid),
-            (None, None) => Target::Current,
-        };
+        let target = args.table.target();
         // Open the namespace now so a bad --netns/--pid fails before any scan.
         netns::open(&target)?;
-        let reader = match args.source.as_str() {
-            "netlink" => Reader::Netlink,
-            "proc" => Reader::Proc,
-            _ => Reader::Auto,
-        };
+        let reader = args.table.reader();
         Ok(Config {
             json: args.json,
             target,

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::table_args::TableArgs;
 use anyhow::{Context, Result};
-use fivetuple_scan::netns::{self, Target};
+use fivetuple_scan::netns;
 use fivetuple_scan::settings::{read_counters, read_settings};
 use fivetuple_scan::Reader;
 use http_body_util::Full;
@@ -59,15 +60,8 @@ pub struct Args {
     /// Destinations with their own series, highest utilization first; the rest are summed into "other".
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = parse_top_k)]
     top_k: usize,
-    /// Watch the named network namespace under /run/netns.
-    #[arg(long, value_name = "NAME", conflicts_with = "pid")]
-    netns: Option<String>,
-    /// Watch the network namespace of this process.
-    #[arg(long, value_name = "PID")]
-    pid: Option<u32>,
-    /// Where to read the socket table: netlink with /proc fallback (auto), netlink or proc.
-    #[arg(long, value_name = "SOURCE", default_value = "auto", value_parser = ["auto", "netlink", "proc"])]
-    source: String,
+    #[command(flatten)]
+    table: TableArgs,
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -335,16 +329,8 @@ async fn handle(req: Request<Incoming>, server: Arc<Server>) -> Result<Resp, Inf
 
 /// Runs the exporter until SIGINT or SIGTERM; returns the exit code (0).
 pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
-    let target = match (args.netns, args.pid) {
-        (Some(name), _) => Target::Named(name),
-        (None, Some(pid)) => Target::Pid(pid),
-        (None, None) => Target::Current,
-    };
-    let reader = match args.source.as_str() {
-        "netlink" => Reader::Netlink,
-        "proc" => Reader::Proc,
-        _ => Reader::Auto,
-    };
+    let target = args.table.target();
+    let reader = args.table.reader();
     // Enter the namespace once now so a bad --netns/--pid or missing privilege fails at start.
     netns::run_in(&target, read_settings)
         .and_then(|r| r)

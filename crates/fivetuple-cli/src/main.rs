@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod doctor;
 mod exporter;
 mod repro;
+mod table_args;
 mod top;
 
 /// Exit code for bad arguments and errors ("unknown" in the monitoring-plugin convention).

@@ -8,6 +8,7 @@ use std::io::IsTerminal;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::table_args::TableArgs;
 use anyhow::{Context, Result};
 use fivetuple_scan::model::{Analysis, Destination, Severity, Thresholds};
 use fivetuple_scan::netns::{self, Target};
@@ -29,15 +30,8 @@ const BAR: usize = 20;
 /// Raw `top` arguments, as typed.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Watch the named network namespace under /run/netns.
-    #[arg(long, value_name = "NAME", conflicts_with = "pid")]
-    netns: Option<String>,
-    /// Watch the network namespace of this process.
-    #[arg(long, value_name = "PID")]
-    pid: Option<u32>,
-    /// Where to read the socket table: netlink with /proc fallback (auto), netlink or proc.
-    #[arg(long, value_name = "SOURCE", default_value = "auto", value_parser = ["auto", "netlink", "proc"])]
-    source: String,
+    #[command(flatten)]
+    table: TableArgs,
 }
 
 /// How the destinations are ordered.
@@ -74,11 +68,7 @@ struct Scan {
 
 /// Runs `top` until `q`; returns the exit code.
 pub fn run(args: Args) -> Result<u8> {
-    let target = match (args.netns, args.pid) {
-        (Some(name), _) => Target::Named(name),
-        (None, Some(pid)) => Target::Pid(pid),
-        (None, None) => Target::Current,
-    };
+    let target = args.table.target();
     netns::open(&target)?;
     if !std::io::stdout().is_terminal() {
         eprintln!(
@@ -86,11 +76,7 @@ pub fn run(args: Args) -> Result<u8> {
         );
         return Ok(EXIT_NOT_A_TERMINAL);
     }
-    let reader = match args.source.as_str() {
-        "netlink" => Reader::Netlink,
-        "proc" => Reader::Proc,
-        _ => Reader::Auto,
-    };
+    let reader = args.table.reader();
 
     let (tx, rx) = mpsc::sync_channel::<Result<Scan, String>>(1);
     let scan_target = target.clone();
