@@ -105,27 +105,3 @@ pub(crate) fn read_local_port_range() -> io::Result<(u16, u16)> {
         )),
     }
 }
-
-/// The symbolic errno name of an OS error, for the errors a connect can meet.
-pub(crate) fn errno_name(err: &io::Error) -> Option<&'static str> {
-    Some(match err.raw_os_error()? {
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::EADDRINUSE => "EADDRINUSE",
-        libc::ECONNREFUSED => "ECONNREFUSED",
-        libc::ECONNRESET => "ECONNRESET",
-        libc::ETIMEDOUT => "ETIMEDOUT",
-        libc::ENETUNREACH => "ENETUNREACH",
-        libc::EHOSTUNREACH => "EHOSTUNREACH",
-        libc::EMFILE => "EMFILE",
-        libc::ENFILE => "ENFILE",
-        libc::ENOBUFS => "ENOBUFS",
-        libc::EACCES => "EACCES",
-        libc::EPERM => "EPERM",
-        libc::EINVAL => "EINVAL",
-        libc::ENOPROTOOPT => "ENOPROTOOPT",
-        libc::EAGAIN => "EAGAIN",
-        libc::EINPROGRESS => "EINPROGRESS",
-        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
-        _ => return None,
-    })
-}
