@@ -70,9 +70,16 @@ where
 }
 
 /// Writes `net.ipv4.NAME` in the calling thread's namespace.
+/// Reads it back, so a value the kernel did not take fails the test here.
 pub fn set_sysctl(name: &str, value: &str) {
     let path = format!("/proc/sys/net/ipv4/{name}");
     std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {value:?} to {path}: {e}"));
+    let back = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    assert_eq!(
+        back.split_whitespace().collect::<Vec<_>>(),
+        value.split_whitespace().collect::<Vec<_>>(),
+        "{path} did not take {value:?}"
+    );
 }
 
 /// Lifts the soft fd limit to the hard one; tests hold hundreds of sockets.

@@ -16,78 +16,29 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-/// True when the test may go on as root. Without root: under CI (CI set and
-/// not "false") the test fails loudly; elsewhere it prints a skip message.
-pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-    assert!(
-        !ci,
-        "{test} needs root (unshare(CLONE_NEWNET)); CI is set, so it must run"
-    );
-    eprintln!("skipping {test}: needs root for a network namespace (runs in CI as root)");
-    false
-}
+#[path = "../common/mod.rs"]
+mod common;
+
+#[allow(unused_imports)] // hyper_tls needs no root
+pub use common::root_or_skip;
 
 /// Runs `f` on a current-thread tokio runtime in a new network namespace
-/// with `lo` up and `sysctls` (paths under /proc/sys/net/ipv4/) written.
-///
-/// A namespace is per thread (DESIGN §5): a new std thread moves itself with
-/// `unshare(CLONE_NEWNET)`, so the test harness's threads stay on the host;
-/// children (`ip`, nginx) inherit the thread's namespace, and the namespace
-/// disappears when the thread and its children are gone. Panics in `f` are
-/// propagated.
+/// with `lo` up and `sysctls` (names under /proc/sys/net/ipv4/) written: see
+/// [`common::in_netns`]. Callers check [`root_or_skip`] first.
 pub fn in_netns<F, Fut, T>(name: &str, sysctls: &[(&str, &str)], f: F) -> T
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
-    let sysctls: Vec<(String, String)> = sysctls
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let thread = std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            // SAFETY: unshare only changes this thread's namespace membership.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET): {}",
-                std::io::Error::last_os_error()
-            );
-            let status = std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .expect("running `ip link set lo up` (package iproute2)");
-            assert!(status.success(), "ip link set lo up: {status}");
-            for (key, value) in &sysctls {
-                // Opened from this thread, so resolved in its namespace.
-                let path = format!("/proc/sys/net/ipv4/{key}");
-                std::fs::write(&path, value).unwrap_or_else(|e| panic!("writing {path}: {e}"));
-                let back = std::fs::read_to_string(&path).unwrap();
-                assert_eq!(
-                    back.split_whitespace().collect::<Vec<_>>(),
-                    value.split_whitespace().collect::<Vec<_>>(),
-                    "{path} did not take"
-                );
-            }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(f())
-        })
-        .expect("spawning the namespace thread");
-    match thread.join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    common::in_netns(name, sysctls, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(f())
+    })
+    .expect("root was checked with root_or_skip")
 }
 
 /// A local hyper HTTP/1 server that answers every request with the peer's
