@@ -2,8 +2,9 @@
 //!
 //! Every sysctl listed here is per namespace (DESIGN §2). `/proc/sys` files
 //! are resolved against the namespace of the thread that opens them, and the
-//! counters are read through `/proc/thread-self/net`, so call [`read`] from
-//! the thread that is in the target namespace. Parsing is apart from I/O.
+//! counters are read through `/proc/thread-self/net`, so call
+//! [`read_settings`] and [`read_counters`] from the thread that is in the
+//! target namespace. Parsing is apart from I/O.
 
 use std::fs;
 use std::io;
