@@ -7,7 +7,6 @@ mod support;
 use support::*;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -30,19 +29,6 @@ fn json_of(out: &Output) -> Value {
             String::from_utf8_lossy(&out.stderr)
         )
     })
-}
-
-/// Client-first close: the client side ends in TIME_WAIT.
-fn make_time_wait(listener: &TcpListener, n: usize) {
-    let addr = listener.local_addr().unwrap();
-    for _ in 0..n {
-        let c = TcpStream::connect(addr).unwrap();
-        let (mut s, _) = listener.accept().unwrap();
-        drop(c);
-        let mut b = [0u8; 1];
-        assert_eq!(s.read(&mut b).unwrap(), 0);
-        drop(s);
-    }
 }
 
 /// `ss -tan` in the calling thread's namespace, as (local ip, peer ip, peer port) -> state -> count,

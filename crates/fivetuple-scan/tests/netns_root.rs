@@ -3,61 +3,16 @@
 //! unshare(CLONE_NEWNET)); under CI=true a missing privilege fails the test.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fivetuple_scan::{netlink, procfs, Socket, TcpState};
 
-fn have_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} needs root (unshare CLONE_NEWNET) and CI is set: run the tests as root");
-    }
-    eprintln!("skipping {test}: needs root");
-    false
-}
+use fivetuple_testkit::{make_time_wait, root_or_skip as have_root};
 
 /// Runs `f` on a thread that has its own, fresh network namespace with `lo` up.
 fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: unshare only moves this thread into a new namespace.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET): {}",
-                std::io::Error::last_os_error()
-            );
-            // A child started from this thread inherits its namespace.
-            let st = Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .expect("run ip");
-            assert!(st.success(), "ip link set lo up failed");
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    })
-}
-
-/// Connects client-first-close pairs so the client side ends in TIME_WAIT.
-fn make_time_wait(listener: &TcpListener, n: usize) {
-    let addr = listener.local_addr().unwrap();
-    for _ in 0..n {
-        let c = TcpStream::connect(addr).unwrap();
-        let (mut s, _) = listener.accept().unwrap();
-        drop(c);
-        let mut b = [0u8; 1];
-        assert_eq!(s.read(&mut b).unwrap(), 0, "server sees the client's FIN");
-        drop(s);
-    }
+    fivetuple_testkit::in_fresh_netns(&[], f)
 }
 
 fn key(s: &Socket) -> (TcpState, SocketAddr, SocketAddr) {

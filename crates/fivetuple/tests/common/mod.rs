@@ -1,118 +1,27 @@
-//! Test support: a fresh network namespace per test (a thread that called
-//! `unshare(CLONE_NEWNET)`; DESIGN.md §5) and a loopback sink server that
-//! records the source address of every connection it accepts.
-#![allow(dead_code)] // each test binary uses a different part
+//! Test support: a fresh network namespace per test (from
+//! `fivetuple-testkit`) and a loopback sink server that records the source
+//! address of every connection it accepts.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// True when running as root; under `CI=true` a non-root run is an error,
-/// elsewhere the caller skips with a message.
-pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{test} needs root (CAP_NET_ADMIN for a network namespace) and CI must run it as root"
-        );
-    }
-    eprintln!(
-        "skipping {test}: needs root (CAP_NET_ADMIN for a network namespace); CI runs it as root"
-    );
-    false
-}
+pub use fivetuple_testkit::{raise_fd_limit, root_or_skip, set_sysctl, ss_count};
 
-/// Runs `f` on a thread inside a new network namespace with loopback up and
-/// the given `net.ipv4.*` sysctls written. Returns `None` (test skipped) when
-/// not root outside CI. The namespace disappears when the thread ends.
-pub fn in_netns<T, F>(test: &str, sysctls: &[(&str, &str)], f: F) -> Option<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
+/// Runs `f` inside a fresh network namespace with loopback up and the given
+/// `net.ipv4.*` sysctls written ([`fivetuple_testkit::in_fresh_netns`]).
+/// Returns `None` (test skipped) when not root outside CI.
+pub fn in_netns<T: Send>(
+    test: &str,
+    sysctls: &[(&str, &str)],
+    f: impl FnOnce() -> T + Send,
+) -> Option<T> {
     if !root_or_skip(test) {
         return None;
     }
-    let sysctls: Vec<(String, String)> = sysctls
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let handle = std::thread::spawn(move || {
-        // SAFETY: unshare only affects the calling thread's namespaces.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        // A child forked from this thread inherits its network namespace.
-        let status = std::process::Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("run `ip link set lo up` (iproute2)");
-        assert!(status.success(), "ip link set lo up: {status}");
-        for (k, v) in &sysctls {
-            set_sysctl(k, v);
-        }
-        raise_fd_limit();
-        f()
-    });
-    Some(
-        handle
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-    )
-}
-
-/// Writes `net.ipv4.NAME` in the calling thread's namespace.
-/// Reads it back, so a value the kernel did not take fails the test here.
-pub fn set_sysctl(name: &str, value: &str) {
-    let path = format!("/proc/sys/net/ipv4/{name}");
-    std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {value:?} to {path}: {e}"));
-    let back = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    assert_eq!(
-        back.split_whitespace().collect::<Vec<_>>(),
-        value.split_whitespace().collect::<Vec<_>>(),
-        "{path} did not take {value:?}"
-    );
-}
-
-/// Lifts the soft fd limit to the hard one; tests hold hundreds of sockets.
-pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit to fill and then pass back.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// Counts the TCP sockets `ss` shows in the calling thread's namespace in
-/// `state` (e.g. "time-wait").
-pub fn ss_count(state: &str) -> usize {
-    let out = std::process::Command::new("ss")
-        .args(["-Htan", "state", state])
-        .output()
-        .expect("run ss (iproute2)");
-    assert!(
-        out.status.success(),
-        "ss failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count()
+    Some(fivetuple_testkit::in_fresh_netns(sysctls, f))
 }
 
 /// What the sink does with an accepted connection.
