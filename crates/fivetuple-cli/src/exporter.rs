@@ -454,12 +454,8 @@ mod tests {
             || {
                 Ok(fivetuple_scan::Settings {
                     ip_local_port_range: (40000, 40099),
-                    ip_local_reserved_ports: vec![],
-                    tcp_tw_reuse: 2,
-                    tcp_tw_reuse_delay_ms: None,
-                    tcp_timestamps: 1,
                     tcp_max_tw_buckets: 1024,
-                    tcp_fin_timeout: 60,
+                    ..fivetuple_scan::Settings::default()
                 })
             },
             log.clone(),

@@ -64,12 +64,7 @@ fn table(n: usize, shift: usize) -> Snapshot {
         source: Source::Netlink,
         settings: Settings {
             ip_local_port_range: (1024, 65023),
-            ip_local_reserved_ports: vec![],
-            tcp_tw_reuse: 2,
-            tcp_tw_reuse_delay_ms: None,
-            tcp_timestamps: 1,
-            tcp_max_tw_buckets: 262_144,
-            tcp_fin_timeout: 60,
+            ..Settings::default()
         },
         counters: Counters::default(),
         fallback_reason: None,

@@ -103,12 +103,8 @@ mod tests {
             source: Source::Netlink,
             settings: Settings {
                 ip_local_port_range: (40000, 40999),
-                ip_local_reserved_ports: vec![],
                 tcp_tw_reuse: 0,
-                tcp_tw_reuse_delay_ms: None,
-                tcp_timestamps: 1,
-                tcp_max_tw_buckets: 262_144,
-                tcp_fin_timeout: 60,
+                ..Settings::default()
             },
             counters: Counters {
                 active_opens: Some(u64::from(n)),

@@ -667,12 +667,7 @@ mod tests {
     fn settings(lo: u16, hi: u16) -> Settings {
         Settings {
             ip_local_port_range: (lo, hi),
-            ip_local_reserved_ports: vec![],
-            tcp_tw_reuse: 2,
-            tcp_tw_reuse_delay_ms: None,
-            tcp_timestamps: 1,
-            tcp_max_tw_buckets: 262_144,
-            tcp_fin_timeout: 60,
+            ..Settings::default()
         }
     }
 

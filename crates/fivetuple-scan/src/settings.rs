@@ -33,6 +33,24 @@ pub struct Settings {
     pub tcp_fin_timeout: u32,
 }
 
+impl Default for Settings {
+    /// The values a new Linux network namespace starts with (kernel 6.x):
+    /// range 32768-60999, no reserved ports, `tcp_tw_reuse=2` (loopback
+    /// only), a 1000 ms reuse delay, timestamps on, `tcp_fin_timeout=60`.
+    /// `tcp_max_tw_buckets` depends on the hash table size; 262,144 here.
+    fn default() -> Settings {
+        Settings {
+            ip_local_port_range: (32768, 60999),
+            ip_local_reserved_ports: vec![],
+            tcp_tw_reuse: 2,
+            tcp_tw_reuse_delay_ms: None,
+            tcp_timestamps: 1,
+            tcp_max_tw_buckets: 262_144,
+            tcp_fin_timeout: 60,
+        }
+    }
+}
+
 impl Settings {
     /// Number of ports in the range.
     pub fn range_len(&self) -> u32 {
@@ -247,11 +265,7 @@ mod tests {
         let s = Settings {
             ip_local_port_range: (40000, 40099),
             ip_local_reserved_ports: vec![(8080, 8080), (40090, 40200)],
-            tcp_tw_reuse: 2,
-            tcp_tw_reuse_delay_ms: None,
-            tcp_timestamps: 1,
-            tcp_max_tw_buckets: 262144,
-            tcp_fin_timeout: 60,
+            ..Settings::default()
         };
         assert_eq!(s.range_len(), 100);
         assert_eq!(s.reserved_in_range(), 10);

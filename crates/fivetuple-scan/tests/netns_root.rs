@@ -137,3 +137,32 @@ fn netns_unknown_targets_are_named_in_errors() {
     let e = fivetuple_scan::netns::open(&fivetuple_scan::netns::Target::Pid(u32::MAX)).unwrap_err();
     assert!(e.to_string().contains(&u32::MAX.to_string()), "{e}");
 }
+
+#[test]
+fn netns_root_default_settings_are_a_fresh_namespace() {
+    if !have_root("netns_root_default_settings_are_a_fresh_namespace") {
+        return;
+    }
+    let read = in_fresh_netns(|| fivetuple_scan::settings::read_settings().expect("read settings"));
+    let d = fivetuple_scan::Settings::default();
+    // tcp_max_tw_buckets depends on the machine's hash table size, and
+    // tcp_tw_reuse_delay exists only from Linux 6.14 (default 1000 ms).
+    assert_eq!(
+        (
+            read.ip_local_port_range,
+            &read.ip_local_reserved_ports,
+            read.tcp_tw_reuse,
+            read.tcp_timestamps,
+            read.tcp_fin_timeout,
+            read.effective_tw_reuse_delay_ms(),
+        ),
+        (
+            d.ip_local_port_range,
+            &d.ip_local_reserved_ports,
+            d.tcp_tw_reuse,
+            d.tcp_timestamps,
+            d.tcp_fin_timeout,
+            d.effective_tw_reuse_delay_ms(),
+        )
+    );
+}
