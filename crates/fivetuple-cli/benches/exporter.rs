@@ -84,32 +84,14 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: lim is a valid out-parameter, then a valid rlimit.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-    std::thread::spawn(move || {
-        // SAFETY: moves only this thread into a fresh namespace.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-        assert!(Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .unwrap()
-            .success());
-        for (k, v) in [
-            ("ip_local_port_range", "1024 65535"),
-            ("tcp_max_tw_buckets", "2000000"),
-            // No TIME_WAIT reuse on loopback, or connect() would eat the table.
-            ("tcp_tw_reuse", "0"),
-        ] {
-            std::fs::write(format!("/proc/sys/net/ipv4/{k}"), v).unwrap();
-        }
+    fivetuple_testkit::raise_fd_limit();
+    let sysctls = [
+        ("ip_local_port_range", "1024 65535"),
+        ("tcp_max_tw_buckets", "2000000"),
+        // No TIME_WAIT reuse on loopback, or connect() would eat the table.
+        ("tcp_tw_reuse", "0"),
+    ];
+    fivetuple_testkit::in_fresh_netns(&sysctls, move || {
         std::fs::write("/proc/sys/net/core/somaxconn", "4096").unwrap();
 
         // Both exporters first, so their own listeners are part of the table from the start.
@@ -171,7 +153,11 @@ fn main() {
         let (mut ft_body, mut ne_body) = (String::new(), String::new());
         for round in 0..SCRAPES {
             // Alternate who goes first, so drift hits both alike.
-            let order = if round % 2 == 0 { [ours, node] } else { [node, ours] };
+            let order = if round % 2 == 0 {
+                [ours, node]
+            } else {
+                [node, ours]
+            };
             for a in order {
                 let (d, body) = scrape(a);
                 if a == ours {
@@ -215,7 +201,5 @@ fn main() {
             ne_body.len(),
         );
         drop(keep);
-    })
-    .join()
-    .expect("benchmark thread");
+    });
 }

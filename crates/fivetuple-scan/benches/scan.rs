@@ -95,16 +95,13 @@ fn main() {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![100_000, 200_000]);
+    fivetuple_testkit::raise_fd_limit();
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: lim is a valid out-parameter, then a valid rlimit.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
+    // SAFETY: lim is a valid out-parameter.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     assert!(
         lim.rlim_cur as usize > 2 * ESTABLISHED_PAIRS + 100,
         "RLIMIT_NOFILE {} too low",
@@ -112,18 +109,13 @@ fn main() {
     );
     let me = std::env::current_exe().unwrap();
 
-    std::thread::spawn(move || {
-        // SAFETY: moves only this thread into a fresh namespace.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-        assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap().success());
-        for (k, v) in [
-            ("ip_local_port_range", "1024 65535"),
-            ("tcp_max_tw_buckets", "2000000"),
-            // No TIME_WAIT reuse on loopback, or connect() would eat the table.
-            ("tcp_tw_reuse", "0"),
-        ] {
-            std::fs::write(format!("/proc/sys/net/ipv4/{k}"), v).unwrap();
-        }
+    let sysctls = [
+        ("ip_local_port_range", "1024 65535"),
+        ("tcp_max_tw_buckets", "2000000"),
+        // No TIME_WAIT reuse on loopback, or connect() would eat the table.
+        ("tcp_tw_reuse", "0"),
+    ];
+    fivetuple_testkit::in_fresh_netns(&sysctls, move || {
         std::fs::write("/proc/sys/net/core/somaxconn", "4096").unwrap();
         let listeners: Vec<TcpListener> = (0..LISTENERS)
             .map(|i| TcpListener::bind(("127.0.0.1", 8000 + i)).unwrap())
@@ -149,11 +141,18 @@ fn main() {
                 scan_and_group(Reader::Proc);
             });
             let ss = time(|| {
-                let out = Command::new("ss").arg("-tan").stdout(Stdio::piped()).output().unwrap();
+                let out = Command::new("ss")
+                    .arg("-tan")
+                    .stdout(Stdio::piped())
+                    .output()
+                    .unwrap();
                 assert!(out.status.success() && out.stdout.len() > n * 20);
             });
             let child = Command::new(&me).arg("--child-scan").output().unwrap();
-            let rss_nl: f64 = String::from_utf8_lossy(&child.stdout).trim().parse().unwrap();
+            let rss_nl: f64 = String::from_utf8_lossy(&child.stdout)
+                .trim()
+                .parse()
+                .unwrap();
             let per = |d: Duration| d.as_secs_f64() * 1e6 / got as f64;
             println!(
                 "| {got} | {:.1} ms | {:.2} µs | {:.1} ms | {:.2} µs | {:.1} ms | {:.2} µs | {:.1}× | {:.1} MiB |",
@@ -167,7 +166,5 @@ fn main() {
                 rss_nl / 1024.0,
             );
         }
-    })
-    .join()
-    .expect("benchmark thread");
+    });
 }
