@@ -18,6 +18,10 @@ use serde::Serialize;
 const SCHEMA_VERSION: u32 = 1;
 /// The longest `--interval` accepted.
 const MAX_INTERVAL: Duration = Duration::from_secs(300);
+/// The shortest non-zero `--interval` accepted: over a shorter window a
+/// handful of connections reads as a huge rate (one new connection in 1 ms
+/// is "1000/s"), and the time to exhaustion with it.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Raw `doctor` arguments, as typed.
 #[derive(Debug, clap::Args)]
@@ -36,7 +40,13 @@ pub struct Args {
     /// Critical threshold, percent of usable ports toward one destination.
     #[arg(long, value_name = "PCT", default_value = "90", value_parser = parse_percent)]
     crit: f64,
-    /// Time between the two scans that measure the rate ("1s", "500ms", "2"; "0" for one scan, no rate).
+    /// Warning when a destination runs out of ports in less than this at the current rate ("600", "10m", "90s").
+    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_seconds)]
+    warn_seconds: f64,
+    /// Critical when a destination runs out of ports in less than this at the current rate.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    crit_seconds: f64,
+    /// Time between the two scans that measure the rate ("1s", "500ms", "2"; at least 100ms; "0" for one scan, no rate).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     interval: Duration,
     /// Skip process attribution (scanning /proc/PID/fd).
@@ -61,6 +71,13 @@ impl Config {
         if args.warn >= args.crit {
             bail!("--warn {} must be below --crit {}", args.warn, args.crit);
         }
+        if args.crit_seconds >= args.warn_seconds {
+            bail!(
+                "--crit-seconds {} must be below --warn-seconds {}: less time left is worse",
+                args.crit_seconds,
+                args.warn_seconds
+            );
+        }
         let target = args.table.target();
         // Open the namespace now so a bad --netns/--pid fails before any scan.
         netns::open(&target)?;
@@ -72,6 +89,8 @@ impl Config {
             thresholds: Thresholds {
                 warn_pct: args.warn,
                 crit_pct: args.crit,
+                warn_seconds: args.warn_seconds,
+                crit_seconds: args.crit_seconds,
             },
             interval: args.interval,
             reader,
@@ -113,7 +132,33 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
             MAX_INTERVAL.as_secs()
         ));
     }
+    if !d.is_zero() && d < MIN_INTERVAL {
+        return Err(format!(
+            "{s} is too short to measure a rate: at least {} ms (or 0 for one scan and no rate)",
+            MIN_INTERVAL.as_millis()
+        ));
+    }
     Ok(d)
+}
+
+/// A time to exhaustion threshold: seconds ("600", "90s") or minutes ("10m"), above 0.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let bad = || format!("{s:?} is not a number of seconds (examples: 600, 90s, 10m)");
+    let (num, scale) = if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !v.is_finite() {
+        return Err(bad());
+    }
+    if v <= 0.0 {
+        return Err(format!("{s} is out of range: must be above 0 seconds"));
+    }
+    Ok(v * scale)
 }
 
 /// Runs `doctor` and returns the exit code.
@@ -134,11 +179,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         .with_context(|| format!("cannot scan the {} network namespace", cfg.target))?;
 
     let owners = cfg.processes.then(|| {
-        let listening = model::listening_ports(&now.sockets);
+        let directions = model::Directions::new(&now.sockets);
         let wanted: HashSet<u64> = now
             .sockets
             .iter()
-            .filter(|s| s.inode != 0 && model::is_outbound(s, &listening))
+            .filter(|s| s.inode != 0 && directions.is_outbound(s))
             .map(|s| s.inode)
             .collect();
         procs::find_owners(&wanted)
@@ -196,6 +241,8 @@ struct JsonDoc<'a> {
 struct JsonThresholds {
     warn_pct: f64,
     crit_pct: f64,
+    warn_seconds: f64,
+    crit_seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -229,6 +276,8 @@ fn write_json(
         thresholds: JsonThresholds {
             warn_pct: cfg.thresholds.warn_pct,
             crit_pct: cfg.thresholds.crit_pct,
+            warn_seconds: cfg.thresholds.warn_seconds,
+            crit_seconds: cfg.thresholds.crit_seconds,
         },
         settings: JsonSettings {
             settings: &now.settings,
@@ -262,10 +311,15 @@ fn write_report(
 ) -> Result<()> {
     let s = &now.settings;
     let t = &a.totals;
+    let rate = if cfg.interval.is_zero() {
+        "one scan, no rate (--interval 0)".to_string()
+    } else {
+        format!("rate over {} s", cfg.interval.as_secs_f64())
+    };
     writeln!(
         out,
-        "fivetuple doctor: namespace {}, socket table from {} ({} sockets), rate over {:?}",
-        cfg.target, a.source, t.sockets, cfg.interval
+        "fivetuple doctor: namespace {}, socket table from {} ({} sockets), {rate}",
+        cfg.target, a.source, t.sockets
     )?;
     writeln!(out, "\nSettings")?;
     let (lo, hi) = s.ip_local_port_range;
@@ -429,8 +483,8 @@ fn write_report(
     if a.findings.is_empty() {
         writeln!(
             out,
-            "  none: every destination is below {}% of its ports",
-            cfg.thresholds.warn_pct
+            "  none: every destination is below {}% of its ports and not running out within {} s",
+            cfg.thresholds.warn_pct, cfg.thresholds.warn_seconds
         )?;
     }
     for f in &a.findings {
@@ -481,6 +535,21 @@ mod tests {
         assert!(parse_interval("-1").unwrap_err().contains("-1"));
         assert!(parse_interval("1h").unwrap_err().contains("1h"));
         assert!(parse_interval("301s").unwrap_err().contains("301s"));
+        assert_eq!(parse_interval("100ms").unwrap(), Duration::from_millis(100));
+        let e = parse_interval("99ms").unwrap_err();
+        assert!(e.contains("99ms") && e.contains("100 ms"), "{e}");
+        assert!(parse_interval("0.00001").unwrap_err().contains("0.00001"));
+    }
+
+    #[test]
+    fn seconds_thresholds() {
+        assert_eq!(parse_seconds("600").unwrap(), 600.0);
+        assert_eq!(parse_seconds("90s").unwrap(), 90.0);
+        assert_eq!(parse_seconds("10m").unwrap(), 600.0);
+        assert!(parse_seconds("0").unwrap_err().contains('0'));
+        assert!(parse_seconds("-5").unwrap_err().contains("-5"));
+        assert!(parse_seconds("soon").unwrap_err().contains("soon"));
+        assert!(parse_seconds("inf").is_err());
     }
 
     #[test]
