@@ -792,7 +792,7 @@ fn findings(
                 code: "explicit_bind",
                 destination: Some(d.label()),
                 message: format!(
-                    "{} sockets to {} use local ports outside the usable range {lo}-{hi}: they were bound explicitly",
+                    "{} sockets to {} use local ports connect() would not pick now (outside {lo}-{hi}, or reserved): they were bound explicitly, or took their port before the range or the reservations changed",
                     d.explicit_binds,
                     d.label()
                 ),
