@@ -275,6 +275,11 @@ fn netns_root_stopped_server_time_waits_are_not_destinations() {
             Some(tw as f64),
             "{text}"
         );
+        assert_eq!(
+            sample(&text, "fivetuple_inbound_without_listener_sockets "),
+            Some(tw as f64),
+            "{text}"
+        );
         drop(keep);
     });
 }
