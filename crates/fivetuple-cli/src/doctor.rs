@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
 
-use crate::table_args::TableArgs;
-use anyhow::{bail, Context, Result};
+use crate::table_args::{TableArgs, ThresholdArgs};
+use anyhow::{Context, Result};
 use fivetuple_scan::model::{self, Analysis, Destination, Severity, Snapshot, Thresholds};
 use fivetuple_scan::netns::{self, Target};
 use fivetuple_scan::{procs, Reader, ScanError, Settings};
@@ -34,18 +34,8 @@ pub struct Args {
     /// Show this many destinations, highest utilization first (0: all).
     #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
-    /// Warning threshold, percent of usable ports toward one destination.
-    #[arg(long, value_name = "PCT", default_value = "50", value_parser = parse_percent)]
-    warn: f64,
-    /// Critical threshold, percent of usable ports toward one destination.
-    #[arg(long, value_name = "PCT", default_value = "90", value_parser = parse_percent)]
-    crit: f64,
-    /// Warning when a destination runs out of ports in less than this at the current rate ("600", "10m", "90s").
-    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_seconds)]
-    warn_seconds: f64,
-    /// Critical when a destination runs out of ports in less than this at the current rate.
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
-    crit_seconds: f64,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
     /// Time between the two scans that measure the rate ("1s", "500ms", "2"; at least 100ms; "0" for one scan, no rate).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     interval: Duration,
@@ -68,16 +58,7 @@ struct Config {
 
 impl Config {
     fn resolve(args: Args) -> Result<Config> {
-        if args.warn >= args.crit {
-            bail!("--warn {} must be below --crit {}", args.warn, args.crit);
-        }
-        if args.crit_seconds >= args.warn_seconds {
-            bail!(
-                "--crit-seconds {} must be below --warn-seconds {}: less time left is worse",
-                args.crit_seconds,
-                args.warn_seconds
-            );
-        }
+        let thresholds = args.thresholds.thresholds()?;
         let target = args.table.target();
         // Open the namespace now so a bad --netns/--pid fails before any scan.
         netns::open(&target)?;
@@ -86,30 +67,12 @@ impl Config {
             json: args.json,
             target,
             top: args.top,
-            thresholds: Thresholds {
-                warn_pct: args.warn,
-                crit_pct: args.crit,
-                warn_seconds: args.warn_seconds,
-                crit_seconds: args.crit_seconds,
-            },
+            thresholds,
             interval: args.interval,
             reader,
             processes: !args.no_processes,
         })
     }
-}
-
-fn parse_percent(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("{s:?} is not a percentage"))?;
-    if !(v > 0.0 && v <= 100.0) {
-        return Err(format!(
-            "{s} is out of range: a percentage must be above 0 and at most 100"
-        ));
-    }
-    Ok(v)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -139,26 +102,6 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
-}
-
-/// A time to exhaustion threshold: seconds ("600", "90s") or minutes ("10m"), above 0.
-fn parse_seconds(s: &str) -> Result<f64, String> {
-    let bad = || format!("{s:?} is not a number of seconds (examples: 600, 90s, 10m)");
-    let (num, scale) = if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().map_err(|_| bad())?;
-    if !v.is_finite() {
-        return Err(bad());
-    }
-    if v <= 0.0 {
-        return Err(format!("{s} is out of range: must be above 0 seconds"));
-    }
-    Ok(v * scale)
 }
 
 /// Runs `doctor` and returns the exit code.
@@ -517,16 +460,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percent_bounds() {
-        assert_eq!(parse_percent("50").unwrap(), 50.0);
-        assert_eq!(parse_percent("90%").unwrap(), 90.0);
-        assert!(parse_percent("0").unwrap_err().contains('0'));
-        assert!(parse_percent("101").unwrap_err().contains("101"));
-        assert!(parse_percent("NaN").is_err());
-        assert!(parse_percent("abc").unwrap_err().contains("abc"));
-    }
-
-    #[test]
     fn intervals() {
         assert_eq!(parse_interval("1s").unwrap(), Duration::from_secs(1));
         assert_eq!(parse_interval("250ms").unwrap(), Duration::from_millis(250));
@@ -539,17 +472,6 @@ mod tests {
         let e = parse_interval("99ms").unwrap_err();
         assert!(e.contains("99ms") && e.contains("100 ms"), "{e}");
         assert!(parse_interval("0.00001").unwrap_err().contains("0.00001"));
-    }
-
-    #[test]
-    fn seconds_thresholds() {
-        assert_eq!(parse_seconds("600").unwrap(), 600.0);
-        assert_eq!(parse_seconds("90s").unwrap(), 90.0);
-        assert_eq!(parse_seconds("10m").unwrap(), 600.0);
-        assert!(parse_seconds("0").unwrap_err().contains('0'));
-        assert!(parse_seconds("-5").unwrap_err().contains("-5"));
-        assert!(parse_seconds("soon").unwrap_err().contains("soon"));
-        assert!(parse_seconds("inf").is_err());
     }
 
     #[test]

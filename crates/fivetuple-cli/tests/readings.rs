@@ -462,3 +462,30 @@ fn interval_below_100ms_is_an_argument_error() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("rate over 0.25 s"), "{text}");
 }
+
+/// `top` takes the same thresholds as doctor (it colours destinations and
+/// its status by them) and refuses them out of order, naming the values.
+#[test]
+fn top_thresholds_are_checked_like_doctors() {
+    for (args, needles) in [
+        (
+            &["--warn-seconds", "30", "--crit-seconds", "60"][..],
+            &["30", "60"][..],
+        ),
+        (&["--warn", "95"][..], &["95", "90"][..]),
+        (&["--crit-seconds", "never"][..], &["never"][..]),
+    ] {
+        let out = Command::new(BIN).arg("top").args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: stderr does not name {n}: {err}");
+        }
+    }
+    // Good thresholds pass on to the terminal check (stdout is a pipe here).
+    let out = Command::new(BIN)
+        .args(["top", "--warn-seconds", "20m", "--crit-seconds", "2m"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
