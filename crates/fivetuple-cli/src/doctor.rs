@@ -122,7 +122,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         .with_context(|| format!("cannot scan the {} network namespace", cfg.target))?;
 
     let owners = cfg.processes.then(|| {
-        let directions = model::Directions::new(&now.sockets);
+        let directions = model::Directions::new(&now.sockets, &now.settings);
         let wanted: HashSet<u64> = now
             .sockets
             .iter()

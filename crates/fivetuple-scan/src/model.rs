@@ -330,6 +330,11 @@ pub enum Direction {
     Outbound,
 }
 
+/// Sockets a local address and port inside the usable range must carry
+/// before the fan-out rule calls it a server's: `connect()` itself shares
+/// such ports across destinations, so a few sockets on one prove nothing.
+pub const FANOUT_MIN_IN_RANGE: u32 = 16;
+
 /// Tells the client side of each connection from the server side, with or
 /// without a live listener.
 ///
@@ -340,32 +345,42 @@ pub enum Direction {
 /// and each such client port talks to it through one socket; a client's
 /// destination holds many sockets, each on a different local port, and a
 /// local port is shared only across destinations (4-tuple sharing). So a
-/// socket is counted as the server side when its local address and port
-/// carry at least twice as many sockets as the destination it would count
-/// toward. docs/doctor.md states the limits.
+/// local address and port is a server's when it carries at least twice as
+/// many sockets as the busiest destination among them has, and, if
+/// `connect()` could have picked the port (it is in the usable range), at
+/// least [`FANOUT_MIN_IN_RANGE`] sockets. docs/doctor.md states the limits.
 #[derive(Debug, Clone)]
 pub struct Directions {
     listening: HashSet<u16>,
-    local: FxMap<(IpAddr, u16), u32>,
-    dest: FxMap<DestKey, u32>,
+    /// Per local address and port: sockets, and the most sockets any one of
+    /// their destinations has.
+    local: FxMap<(IpAddr, u16), (u32, u32)>,
+    range: (u16, u16),
+    reserved: Vec<(u16, u16)>,
 }
 
 impl Directions {
-    /// Counts the fan-out of every connected socket of `sockets`.
-    pub fn new(sockets: &[Socket]) -> Directions {
+    /// Counts the fan-out of every connected socket of `sockets`, a table
+    /// read with `settings`.
+    pub fn new(sockets: &[Socket], settings: &Settings) -> Directions {
         let listening = listening_ports(sockets);
-        let mut local: FxMap<(IpAddr, u16), u32> = FxMap::default();
+        let mut local: FxMap<(IpAddr, u16), (u32, u32)> = FxMap::default();
         let mut dest: FxMap<DestKey, u32> = FxMap::default();
-        for s in sockets.iter().filter(|s| may_be_outbound(s, &listening)) {
-            *local
-                .entry((canonical_ip(s.local.ip()), s.local.port()))
-                .or_default() += 1;
+        let candidates = || sockets.iter().filter(|s| may_be_outbound(s, &listening));
+        for s in candidates() {
+            local.entry(local_key(s)).or_default().0 += 1;
             *dest.entry(dest_key(s)).or_default() += 1;
+        }
+        for s in candidates() {
+            let d = dest.get(&dest_key(s)).copied().unwrap_or(1);
+            let e = local.entry(local_key(s)).or_default();
+            e.1 = e.1.max(d);
         }
         Directions {
             listening,
             local,
-            dest,
+            range: settings.ip_local_port_range,
+            reserved: settings.ip_local_reserved_ports.clone(),
         }
     }
 
@@ -377,16 +392,15 @@ impl Directions {
         if s.remote.port() == 0 {
             return Direction::Unconnected;
         }
-        if self.listening.contains(&s.local.port()) {
+        let port = s.local.port();
+        if self.listening.contains(&port) {
             return Direction::Inbound;
         }
-        let sharing = self
-            .local
-            .get(&(canonical_ip(s.local.ip()), s.local.port()))
-            .copied()
-            .unwrap_or(1);
-        let dest = self.dest.get(&dest_key(s)).copied().unwrap_or(1);
-        if sharing >= 2 * dest {
+        let (sockets, busiest) = self.local.get(&local_key(s)).copied().unwrap_or((1, 1));
+        let pickable = self.range.0 <= port
+            && port <= self.range.1
+            && !self.reserved.iter().any(|&(a, b)| a <= port && port <= b);
+        if sockets >= 2 * busiest && (!pickable || sockets >= FANOUT_MIN_IN_RANGE) {
             Direction::InboundWithoutListener
         } else {
             Direction::Outbound
@@ -402,6 +416,10 @@ impl Directions {
     pub fn listening(&self) -> &HashSet<u16> {
         &self.listening
     }
+}
+
+fn local_key(s: &Socket) -> (IpAddr, u16) {
+    (canonical_ip(s.local.ip()), s.local.port())
 }
 
 /// Groups outbound sockets by destination, counting states, and returns, per
@@ -468,7 +486,7 @@ pub fn analyze(
     thresholds: Thresholds,
 ) -> Analysis {
     let settings = &now.settings;
-    let directions = Directions::new(&now.sockets);
+    let directions = Directions::new(&now.sockets, settings);
     let (lo, hi) = settings.ip_local_port_range;
 
     let mut totals = Totals {
@@ -1301,7 +1319,7 @@ mod tests {
                 None,
             ));
         }
-        let dirs = Directions::new(&t);
+        let dirs = Directions::new(&t, &settings(40000, 40099));
         assert!(t[..10_000].iter().all(|s| dirs.is_outbound(s)));
         let a = analyze(
             None,
@@ -1315,12 +1333,66 @@ mod tests {
             .filter(|d| d.remote_ip == "10.0.0.9".parse::<IpAddr>().unwrap())
             .count();
         assert_eq!(busy, 100);
+        assert_eq!(a.destinations.len(), 130, "the one-socket ones too");
+        assert_eq!(a.totals.inbound, 0);
+        assert_eq!(a.totals.ports_held_by_binds, 0);
         assert!(a
             .destinations
             .iter()
             .take(100)
             .all(|d| d.in_use == 100 && d.exhausted));
         assert_eq!(a.status, Severity::Critical);
+    }
+
+    /// A port `connect()` could have picked needs 16 sockets before the
+    /// fan-out rule calls it a server's; a port outside the range needs 2.
+    #[test]
+    fn a_few_sockets_on_a_pickable_port_prove_nothing() {
+        let fan = |local: &str, n: u16| -> Vec<Socket> {
+            (0..n)
+                .map(|i| {
+                    sock(
+                        TcpState::TimeWait,
+                        local,
+                        &format!("10.0.0.7:{}", 50000 + i),
+                        0,
+                        Some(30_000),
+                    )
+                })
+                .collect()
+        };
+        let s = settings(40000, 40099);
+        let a = analyze(
+            None,
+            &snap(fan("10.0.0.1:40050", 10), s.clone()),
+            None,
+            Thresholds::default(),
+        );
+        assert_eq!((a.destinations.len(), a.totals.inbound), (10, 0));
+        let a = analyze(
+            None,
+            &snap(fan("10.0.0.1:40050", 16), s.clone()),
+            None,
+            Thresholds::default(),
+        );
+        assert_eq!((a.destinations.len(), a.totals.inbound), (0, 16));
+        let a = analyze(
+            None,
+            &snap(fan("10.0.0.1:8080", 2), s.clone()),
+            None,
+            Thresholds::default(),
+        );
+        assert_eq!((a.destinations.len(), a.totals.inbound), (0, 2));
+        // Reserved is not pickable either.
+        let mut r = s;
+        r.ip_local_reserved_ports = vec![(40050, 40050)];
+        let a = analyze(
+            None,
+            &snap(fan("10.0.0.1:40050", 3), r),
+            None,
+            Thresholds::default(),
+        );
+        assert_eq!((a.destinations.len(), a.totals.inbound), (0, 3));
     }
 
     /// Issue 9, reading 3: a range covered by reserved ports is exhaustion,
