@@ -345,10 +345,18 @@ fn write_report(
     )?;
     writeln!(
         out,
-        "\nSockets: {} total, {} listening, {} inbound (not counted), {} outbound to {} destinations, {} TIME_WAIT",
+        "\nSockets: {} total, {} listening, {} inbound (not counted{}), {} outbound to {} destinations, {} TIME_WAIT",
         t.sockets,
         t.listening,
         t.inbound,
+        if t.inbound_without_listener > 0 {
+            format!(
+                "; {} of them of a server that no longer listens",
+                t.inbound_without_listener
+            )
+        } else {
+            String::new()
+        },
         t.outbound,
         a.destinations.len(),
         t.time_wait

@@ -724,6 +724,10 @@ fn findings(
     thresholds: Thresholds,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
+    // First: the cause of every destination's exhaustion at once.
+    if totals.usable_ports == 0 {
+        out.push(no_usable_ports(settings, totals));
+    }
     let (lo, hi) = settings.ip_local_port_range;
     for d in destinations {
         let rate_exceeds = d.rate_per_s.is_some_and(|r| r > d.sustainable_rate_per_s);
@@ -817,9 +821,6 @@ fn findings(
                 advice: vec!["check that the client binds with SO_REUSEADDR and retries on EADDRNOTAVAIL, or let the kernel pick the port".into()],
             });
         }
-    }
-    if totals.usable_ports == 0 {
-        out.push(no_usable_ports(settings, totals));
     }
     if totals.bound_unconnected > 0 {
         out.push(Finding {
