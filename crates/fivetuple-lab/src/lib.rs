@@ -20,5 +20,5 @@ pub mod services;
 pub use config::{parse_duration, parse_remedies, Config, Remedy, Topology};
 pub use error::LabError;
 pub use netns::{prepare, Privilege};
-pub use report::{RemedyResult, Report, Verdict};
-pub use scenario::{run, Observer, Quiet};
+pub use report::{Interruption, RemedyResult, Report, Verdict};
+pub use scenario::{run, run_until, Observer, Quiet};
