@@ -185,13 +185,17 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<u8> {
         plain: !std::io::stderr().is_terminal(),
     });
     let (stop, signal) = stop_on_signals()?;
-    let report = fivetuple_lab::run_until(&config, privilege, progress, stop)
+    let report = fivetuple_lab::run_until(&config, privilege, progress.clone(), stop)
         .context("running the experiment")?;
+    if let Some(bar) = progress.bar.lock().expect("progress lock").take() {
+        bar.abandon_with_message("interrupted");
+    }
     if let Some(i) = &report.interrupted {
+        let n = report.remedies.len();
         eprintln!(
-            "fivetuple: repro: interrupted during {}; printing the {} remedies that finished",
+            "fivetuple: repro: interrupted during {}; printing the {n} finished {}",
             i.during,
-            report.remedies.len()
+            if n == 1 { "remedy" } else { "remedies" }
         );
     }
     // An interrupted run with no finished remedy has nothing to draw.

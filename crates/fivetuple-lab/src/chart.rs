@@ -49,11 +49,15 @@ pub fn check_target(path: &Path) -> Result<(), LabError> {
         Err(e) => return Err(bad(format!("directory {}: {e}", dir.display()))),
     }
     // Creating a file is the only check that holds for root, read-only
-    // mounts and ACLs alike; the probe is removed when dropped.
-    tempfile::Builder::new()
-        .prefix(".fivetuple-chart-")
-        .tempfile_in(dir)
+    // mounts and ACLs alike. Hand-written rather than with tempfile, whose
+    // errors name its random probe file instead of just the OS error.
+    let probe = dir.join(format!(".fivetuple-chart-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
         .map_err(|e| bad(format!("cannot create files in {}: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
     if path.exists() {
         std::fs::OpenOptions::new()
             .append(true)
