@@ -229,9 +229,12 @@ fn netns_root_huge_rate_stays_bounded_and_achieved_counts_completed_calls() {
     assert_eq!(n("calls"), 3_000_000, "{r}");
     assert_eq!(n("ok") + n("failed"), n("calls"), "{r}");
     assert!(n("shed") > 0 && n("shed") <= n("failed"), "{r}");
+    // The first failure is the system falling behind: either a call shed
+    // because too many were in flight, or (on a loaded machine) one due
+    // before the shedding began that got no answer in time. Both say so.
     assert!(
-        r["error"].as_str().unwrap().contains("in flight"),
-        "the first failure is the shedding: {r}"
+        r["error"].as_str().unwrap().contains("fell behind"),
+        "the first failure is the system falling behind: {r}"
     );
     // achieved × its window is a count of calls that completed 200.
     let achieved = f("achieved_per_s");
