@@ -490,3 +490,6 @@ mod tests {
         assert_eq!(exit_code(Severity::Critical), 2);
     }
 }
+
+#[cfg(test)]
+mod golden;

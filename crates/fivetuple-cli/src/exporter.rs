@@ -501,3 +501,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod golden;

@@ -15,6 +15,8 @@ use clap::{Parser, Subcommand};
 
 mod doctor;
 mod exporter;
+#[cfg(test)]
+mod golden;
 mod repro;
 mod table_args;
 mod top;
