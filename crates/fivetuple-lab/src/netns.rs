@@ -205,18 +205,12 @@ fn loopback_up() -> io::Result<()> {
 /// Writes `net.<key>` (e.g. `ipv4.tcp_tw_reuse`) in the calling thread's
 /// namespace: `/proc/sys` is resolved against the task that opens the file.
 pub fn write_sysctl(key: &str, value: &str) -> Result<(), LabError> {
-    let path = sysctl_path(key);
-    fs::write(&path, value)
-        .map_err(|e| LabError::Namespace(format!("writing {value:?} to {path}: {e}")))
+    fivetuple_kernel::sysctl::write(key, value).map_err(|e| LabError::Namespace(e.to_string()))
 }
 
-/// Reads `net.<key>` in the calling thread's namespace.
+/// Reads `net.<key>` in the calling thread's namespace, trimmed.
 pub fn read_sysctl(key: &str) -> io::Result<String> {
-    fs::read_to_string(sysctl_path(key)).map(|s| s.trim().to_string())
-}
-
-fn sysctl_path(key: &str) -> String {
-    format!("/proc/sys/net/{}", key.replace('.', "/"))
+    fivetuple_kernel::sysctl::read(key).map(|s| s.trim().to_string())
 }
 
 /// The number of TIME_WAIT sockets in the calling thread's namespace, from
@@ -224,24 +218,12 @@ fn sysctl_path(key: &str) -> String {
 /// thread's namespace).
 pub fn time_wait_count() -> io::Result<u64> {
     let text = fs::read_to_string("/proc/thread-self/net/sockstat")?;
-    parse_sockstat_tw(&text).ok_or_else(|| {
+    fivetuple_kernel::parse_sockstat_tw(&text).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             "no \"TCP: ... tw N\" line in sockstat",
         )
     })
-}
-
-/// Parses the `tw` field of the `TCP:` line of `/proc/net/sockstat`.
-pub fn parse_sockstat_tw(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
-    let mut it = line.split_whitespace();
-    while let Some(word) = it.next() {
-        if word == "tw" {
-            return it.next()?.parse().ok();
-        }
-    }
-    None
 }
 
 /// The kernel thread id of the calling thread (a box's "pid" for
@@ -285,25 +267,4 @@ pub fn kernel_release() -> String {
 /// True when `path` exists (used to report optional sysctls).
 pub fn exists(path: &str) -> bool {
     Path::new(path).exists()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sockstat_tw_is_parsed() {
-        let text =
-            "sockets: used 3\nTCP: inuse 2 orphan 0 tw 1234 alloc 5 mem 358\nUDP: inuse 0 mem 0\n";
-        assert_eq!(parse_sockstat_tw(text), Some(1234));
-        assert_eq!(parse_sockstat_tw("UDP: inuse 0\n"), None);
-    }
-
-    #[test]
-    fn sysctl_keys_map_to_proc_paths() {
-        assert_eq!(
-            sysctl_path("ipv4.tcp_tw_reuse"),
-            "/proc/sys/net/ipv4/tcp_tw_reuse"
-        );
-    }
 }

@@ -241,7 +241,8 @@ fn outbound(
             "kernel picks the port, 401 + 200 per connection, closed per call".into(),
         ),
         Remedy::Rotate => {
-            let range = fivetuple::PortRange::new(range[0], range[1]).map_err(cfg_err)?;
+            let range =
+                fivetuple::PortRange::new(range[0], range[1]).map_err(|e| cfg_err(e.into()))?;
             (
                 per_call(
                     Arc::new(fivetuple::Rotation::new(range).map_err(cfg_err)?),

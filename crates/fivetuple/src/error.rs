@@ -222,3 +222,21 @@ pub enum ConfigError {
         reason: String,
     },
 }
+
+impl From<fivetuple_kernel::PortRangeError> for ConfigError {
+    /// A bad [`PortRange`](crate::PortRange) is a bad configuration: the
+    /// same variants, texts and values as before the type moved to
+    /// `fivetuple-kernel`.
+    fn from(e: fivetuple_kernel::PortRangeError) -> ConfigError {
+        use fivetuple_kernel::PortRangeError as E;
+        match e {
+            E::Inverted { lo, hi } => ConfigError::InvertedRange { lo, hi },
+            E::PortZero { lo, hi } => ConfigError::PortZero { lo, hi },
+            E::BadSpec { spec, reason } => ConfigError::BadSpec { spec, reason },
+            other => ConfigError::BadSpec {
+                spec: String::new(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}

@@ -70,8 +70,9 @@ mod window;
 
 pub use connect::{ConnectStats, Connector, StatsSnapshot, DEFAULT_MAX_ATTEMPTS};
 pub use error::{is_exhaustion, ConfigError, ConnectError, Stage};
+pub use fivetuple_kernel::PortRangeError;
 pub use policy::{Choice, KernelDefault, LocalPolicy, PortRange};
-pub use reserved::ReservedPorts;
+pub use reserved::{ReservedPorts, ReservedPortsError};
 pub use rotation::Rotation;
 pub use spec::{parse_addresses, parse_policy};
 pub use spread::{address_range, Spread, MAX_ADDRESS_RANGE};
