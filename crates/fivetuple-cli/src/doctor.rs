@@ -265,21 +265,11 @@ fn write_report(
         cfg.target, a.source, t.sockets
     )?;
     writeln!(out, "\nSettings")?;
-    let (lo, hi) = s.ip_local_port_range;
+    let (lo, hi) = s.ip_local_port_range.bounds();
     let reserved = if s.ip_local_reserved_ports.is_empty() {
         "(none)".to_string()
     } else {
-        s.ip_local_reserved_ports
-            .iter()
-            .map(|&(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        s.ip_local_reserved_ports.to_string()
     };
     let reuse_meaning = match s.tcp_tw_reuse {
         0 => "off: connect() never reuses a TIME_WAIT 4-tuple",

@@ -453,7 +453,7 @@ mod tests {
         r.register_collector(Box::new(settings::SettingsCollector::new(
             || {
                 Ok(fivetuple_scan::Settings {
-                    ip_local_port_range: (40000, 40099),
+                    ip_local_port_range: fivetuple_scan::PortRange::new(40000, 40099).unwrap(),
                     tcp_max_tw_buckets: 1024,
                     ..fivetuple_scan::Settings::default()
                 })

@@ -239,7 +239,7 @@ fn draw(f: &mut Frame, target: &Target, scan: Option<&Scan>, error: Option<&str>
         );
         return;
     };
-    let (lo, hi) = s.ip_local_port_range;
+    let (lo, hi) = s.ip_local_port_range.bounds();
     let t = &a.totals;
     let header = vec![
         Line::from(vec![

@@ -32,6 +32,7 @@ pub mod settings;
 pub mod socket;
 
 pub use error::ScanError;
+pub use fivetuple_kernel::{PortRange, ReservedPorts};
 pub use history::History;
 pub use model::{
     Analysis, Destination, Direction, Directions, Finding, Severity, Snapshot, Thresholds,

@@ -15,9 +15,10 @@ use serde::Serialize;
 use crate::procs::Owners;
 use crate::settings::{Counters, Settings};
 use crate::socket::{Socket, Source, TcpState};
+use fivetuple_kernel::{budget, PortRange, ReservedPorts};
 
 /// Linux TIME_WAIT length, `TCP_TIMEWAIT_LEN` (include/net/tcp.h): fixed at compile time.
-pub const TIME_WAIT_SECS: f64 = 60.0;
+pub use fivetuple_kernel::budget::{canonical_ip, TIME_WAIT_SECS};
 
 /// How bad something is; orders as ok < warning < critical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -287,25 +288,6 @@ pub fn may_be_outbound(s: &Socket, listening: &HashSet<u16>) -> bool {
     s.state != TcpState::Listen && s.remote.port() != 0 && !listening.contains(&s.local.port())
 }
 
-/// The IPv4 form of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`); other
-/// addresses unchanged. A dual-stack socket connecting to `::ffff:a.b.c.d`
-/// is an IPv4 connection to the kernel (`tcp_v6_connect()` hands it to
-/// `tcp_v4_connect()`): it takes its port from the same pool as an IPv4
-/// socket to `a.b.c.d`, so both count toward one destination.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v) => v.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    }
-}
-
-fn loopback(ip: IpAddr) -> bool {
-    match canonical_ip(ip) {
-        IpAddr::V4(v) => v.is_loopback(),
-        IpAddr::V6(v) => v.is_loopback(),
-    }
-}
-
 /// The destination a socket would count toward, in canonical (IPv4) form.
 pub fn dest_key(s: &Socket) -> DestKey {
     DestKey {
@@ -355,8 +337,8 @@ pub struct Directions {
     /// Per local address and port: sockets, and the most sockets any one of
     /// their destinations has.
     local: FxMap<(IpAddr, u16), (u32, u32)>,
-    range: (u16, u16),
-    reserved: Vec<(u16, u16)>,
+    range: PortRange,
+    reserved: ReservedPorts,
 }
 
 impl Directions {
@@ -397,9 +379,7 @@ impl Directions {
             return Direction::Inbound;
         }
         let (sockets, busiest) = self.local.get(&local_key(s)).copied().unwrap_or((1, 1));
-        let pickable = self.range.0 <= port
-            && port <= self.range.1
-            && !self.reserved.iter().any(|&(a, b)| a <= port && port <= b);
+        let pickable = self.range.contains(port) && !self.reserved.contains(port);
         if sockets >= 2 * busiest && (!pickable || sockets >= FANOUT_MIN_IN_RANGE) {
             Direction::InboundWithoutListener
         } else {
@@ -430,7 +410,6 @@ fn group(
     directions: &Directions,
     before: Option<&FxSet<u64>>,
 ) -> FxMap<DestKey, Acc> {
-    let (lo, hi) = settings.ip_local_port_range;
     let mut groups: FxMap<DestKey, Acc> = FxMap::default();
     for s in sockets {
         if !directions.is_outbound(s) {
@@ -439,7 +418,7 @@ fn group(
         let acc = groups.entry(dest_key(s)).or_default();
         acc.states[s.state.index()] += 1;
         let p = s.local.port();
-        if p >= lo && p <= hi && !settings.is_reserved(p) {
+        if settings.is_pickable(p) {
             acc.in_use += 1;
         } else {
             acc.explicit += 1;
@@ -487,7 +466,6 @@ pub fn analyze(
 ) -> Analysis {
     let settings = &now.settings;
     let directions = Directions::new(&now.sockets, settings);
-    let (lo, hi) = settings.ip_local_port_range;
 
     let mut totals = Totals {
         sockets: now.sockets.len() as u32,
@@ -521,19 +499,13 @@ pub fn analyze(
             }
             _ => false,
         };
-        if (s.state == TcpState::Listen || bound_only || server_side)
-            && port >= lo
-            && port <= hi
-            && !settings.is_reserved(port)
+        if (s.state == TcpState::Listen || bound_only || server_side) && settings.is_pickable(port)
         {
             held.insert(port);
         }
     }
     totals.ports_held_by_binds = held.len() as u32;
-    let capacity = settings
-        .range_len()
-        .saturating_sub(settings.reserved_in_range())
-        .saturating_sub(totals.ports_held_by_binds);
+    let capacity = settings.usable_ports(totals.ports_held_by_binds);
     totals.usable_ports = capacity;
 
     // Every connected 4-tuple of the baseline: only the membership of this
@@ -565,7 +537,6 @@ pub fn analyze(
         }
     }
 
-    let reuse_delay_s = f64::from(settings.effective_tw_reuse_delay_ms().max(1)) / 1000.0;
     let mut destinations: Vec<Destination> = groups
         .into_iter()
         .map(|(key, acc)| {
@@ -578,19 +549,19 @@ pub fn analyze(
             } else {
                 f64::from(acc.in_use) / f64::from(capacity)
             };
-            let tw_reuse_applies = settings.tcp_timestamps != 0
-                && (settings.tcp_tw_reuse == 1
-                    || (settings.tcp_tw_reuse == 2
-                        && loopback(key.local_ip)
-                        && loopback(key.remote_ip)));
-            let sustainable = if tw_reuse_applies {
-                f64::from(capacity) / reuse_delay_s
-            } else {
-                f64::from(capacity) / TIME_WAIT_SECS
-            };
+            let tw_reuse_applies = settings.tw_reuse_applies(key.local_ip, key.remote_ip);
+            let sustainable = budget::sustainable_rate(
+                f64::from(capacity),
+                budget::port_hold_secs(tw_reuse_applies, settings.effective_tw_reuse_delay_ms()),
+            );
             let rate = interval_s.map(|s| f64::from(acc.new) / s);
-            let seconds_to_exhaustion =
-                exhaustion(acc.in_use, capacity, rate, sustainable, acc.freeing);
+            let seconds_to_exhaustion = budget::seconds_to_exhaustion(
+                acc.in_use,
+                capacity,
+                rate,
+                sustainable,
+                acc.freeing.within_10s,
+            );
             let severity = thresholds.severity(utilization, seconds_to_exhaustion, exhausted);
             let mut processes: Vec<ProcessRef> = group_owners
                 .remove(&key)
@@ -688,34 +659,6 @@ pub fn analyze(
     }
 }
 
-/// Seconds until the free ports of a destination are gone at `rate`, net of
-/// the TIME_WAIT sockets freeing in the next 10 s. `None` when the rate is
-/// unknown or sustainable.
-fn exhaustion(
-    in_use: u32,
-    capacity: u32,
-    rate: Option<f64>,
-    sustainable: f64,
-    freeing: Freeing,
-) -> Option<f64> {
-    // Already gone (capacity 0 included), whatever the rate.
-    if in_use >= capacity {
-        return Some(0.0);
-    }
-    let rate = rate?;
-    if rate <= sustainable || rate <= 0.0 {
-        return None;
-    }
-    let free = f64::from(capacity.saturating_sub(in_use));
-    let released = f64::from(freeing.within_10s) / 10.0;
-    let net = if rate > released {
-        rate - released
-    } else {
-        rate - sustainable
-    };
-    (net > 0.0).then(|| free / net)
-}
-
 fn findings(
     destinations: &[Destination],
     settings: &Settings,
@@ -728,7 +671,7 @@ fn findings(
     if totals.usable_ports == 0 {
         out.push(no_usable_ports(settings, totals));
     }
-    let (lo, hi) = settings.ip_local_port_range;
+    let (lo, hi) = settings.ip_local_port_range.bounds();
     for d in destinations {
         let rate_exceeds = d.rate_per_s.is_some_and(|r| r > d.sustainable_rate_per_s);
         if d.severity < Severity::Warning && !rate_exceeds {
@@ -862,7 +805,7 @@ fn findings(
 /// The finding for a namespace where `connect()` has no port to pick at all,
 /// naming what took the range.
 fn no_usable_ports(settings: &Settings, totals: &Totals) -> Finding {
-    let (lo, hi) = settings.ip_local_port_range;
+    let (lo, hi) = settings.ip_local_port_range.bounds();
     let range = settings.range_len();
     let reserved = settings.reserved_in_range();
     let held = totals.ports_held_by_binds;
@@ -882,12 +825,7 @@ fn no_usable_ports(settings: &Settings, totals: &Totals) -> Finding {
     if reserved > 0 {
         advice.push(format!(
             "shrink net.ipv4.ip_local_reserved_ports (now {}) to the ports local services really listen on",
-            settings
-                .ip_local_reserved_ports
-                .iter()
-                .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
-                .collect::<Vec<_>>()
-                .join(",")
+            settings.ip_local_reserved_ports
         ));
     }
     if held > 0 {
@@ -919,7 +857,7 @@ mod tests {
 
     fn settings(lo: u16, hi: u16) -> Settings {
         Settings {
-            ip_local_port_range: (lo, hi),
+            ip_local_port_range: fivetuple_kernel::PortRange::new(lo, hi).unwrap(),
             ..Settings::default()
         }
     }
@@ -1014,7 +952,8 @@ mod tests {
     #[test]
     fn not_loopback_without_reuse_sustains_capacity_over_60s() {
         let mut s = settings(40000, 40099);
-        s.ip_local_reserved_ports = vec![(40090, 40099)];
+        s.ip_local_reserved_ports =
+            fivetuple_kernel::ReservedPorts::from_ranges([(40090, 40099)]).unwrap();
         let a = analyze(None, &snap(table(), s), None, Thresholds::default());
         let d = &a.destinations[0];
         assert_eq!(d.capacity, 90);
@@ -1386,7 +1325,8 @@ mod tests {
         assert_eq!((a.destinations.len(), a.totals.inbound), (0, 2));
         // Reserved is not pickable either.
         let mut r = s;
-        r.ip_local_reserved_ports = vec![(40050, 40050)];
+        r.ip_local_reserved_ports =
+            fivetuple_kernel::ReservedPorts::from_ranges([(40050, 40050)]).unwrap();
         let a = analyze(
             None,
             &snap(fan("10.0.0.1:40050", 3), r),
@@ -1401,7 +1341,8 @@ mod tests {
     #[test]
     fn zero_usable_ports_is_exhaustion_not_zero_percent() {
         let mut s = settings(40000, 40099);
-        s.ip_local_reserved_ports = vec![(40000, 40099)];
+        s.ip_local_reserved_ports =
+            fivetuple_kernel::ReservedPorts::from_ranges([(40000, 40099)]).unwrap();
         let a = analyze(None, &snap(table(), s.clone()), None, Thresholds::default());
         assert_eq!(a.totals.usable_ports, 0);
         let d = &a.destinations[0];

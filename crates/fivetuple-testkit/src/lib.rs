@@ -85,13 +85,15 @@ pub fn in_fresh_netns<T: Send>(sysctls: &[(&str, &str)], f: impl FnOnce() -> T +
 /// resolved against the opening thread) and reads it back, so a value the
 /// kernel did not take fails here.
 pub fn set_sysctl(name: &str, value: &str) {
-    let path = format!("/proc/sys/net/ipv4/{name}");
-    std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {value:?} to {path}: {e}"));
-    let back = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    use fivetuple_kernel::sysctl;
+    let key = format!("ipv4.{name}");
+    sysctl::write(&key, value).unwrap_or_else(|e| panic!("{e}"));
+    let back = sysctl::read(&key).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         back.split_whitespace().collect::<Vec<_>>(),
         value.split_whitespace().collect::<Vec<_>>(),
-        "{path} did not take {value:?}"
+        "{} did not take {value:?}",
+        sysctl::path(&key).display()
     );
 }
 

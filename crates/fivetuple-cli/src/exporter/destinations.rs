@@ -282,7 +282,7 @@ mod tests {
             sockets,
             source: Source::Netlink,
             settings: Settings {
-                ip_local_port_range: (40000, 40999),
+                ip_local_port_range: fivetuple_scan::PortRange::new(40000, 40999).unwrap(),
                 tcp_tw_reuse: 0,
                 ..Settings::default()
             },
@@ -359,8 +359,11 @@ mod tests {
             sockets,
             source: Source::Netlink,
             settings: Settings {
-                ip_local_port_range: (40000, 40999),
-                ip_local_reserved_ports: vec![(40000, 40999)],
+                ip_local_port_range: fivetuple_scan::PortRange::new(40000, 40999).unwrap(),
+                ip_local_reserved_ports: fivetuple_scan::ReservedPorts::from_ranges([(
+                    40000, 40999,
+                )])
+                .unwrap(),
                 ..Settings::default()
             },
             counters: Counters::default(),
