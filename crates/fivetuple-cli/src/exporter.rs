@@ -306,6 +306,23 @@ fn target_gone(stats: Arc<server::Stats>) -> Registry {
 /// The collectors that read the namespace, in registry order.
 const COLLECTORS: [&str; 3] = ["settings", "destinations", "counters"];
 
+/// Accept queue length. std's 128 fills within a tick when hundreds of
+/// hostile connects arrive at once; connects beyond it wait for a SYN
+/// retransmit (1 s and more), which would make a scraper late even though
+/// the server would give it a slot at once.
+const BACKLOG: i32 = 1024;
+
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std does: a restarted exporter can bind while old connections linger in TIME_WAIT.
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
 /// Runs the exporter until SIGINT or SIGTERM; returns the exit code (0).
 pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     let target = args.table.target();
@@ -326,9 +343,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         (None, _) => "",
     };
 
-    let listener = std::net::TcpListener::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    listener.set_nonblocking(true)?;
+    let listener =
+        listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
 
     // The scrape thread enters the namespace first, so a bad --netns/--pid

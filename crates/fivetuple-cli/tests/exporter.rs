@@ -335,29 +335,26 @@ fn netns_root_http_codes_formats_and_concurrent_scrapes() {
             .body
             .contains("# TYPE fivetuple_tcp_active_opens counter"));
 
-        // 12 scrapers at once: each gets a full scrape or a quick 503, never a broken one.
+        // 12 scrapers at once: every one gets a full scrape (shared scans, no 503).
         let replies: Vec<Reply> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..12)
                 .map(|_| s.spawn(move || get(addr, "/metrics")))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let ok = replies.iter().filter(|r| r.status == 200).count();
-        assert!(replies.iter().all(|r| r.status == 200 || r.status == 503));
-        // The queue (4) is empty when the burst starts, so at least 4 are
-        // served; a fifth only if the worker took a job off the queue before
-        // the burst filled it, which is a race, not a guarantee.
-        assert!(ok >= 4, "a queue of 4 always succeeds; got {ok}");
-        for r in replies.iter().filter(|r| r.status == 200) {
+        for r in &replies {
+            assert_eq!(r.status, 200, "{}", r.body);
             assert!(r
                 .body
                 .contains("fivetuple_scrape_collector_success{collector=\"destinations\"} 1"));
         }
-        let rejected = 12 - ok;
         let after = get(addr, "/metrics");
         assert_eq!(
-            sample(&after.body, "fivetuple_exporter_scrapes_rejected_total"),
-            Some(rejected as f64)
+            sample(
+                &after.body,
+                "fivetuple_exporter_connections_refused_total{reason=\"slots_full\"}"
+            ),
+            Some(0.0)
         );
     });
 }
@@ -475,4 +472,115 @@ fn bad_arguments_exit_3_naming_the_value() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains(&format!("cannot listen on {a}")), "{err}");
+}
+
+use fivetuple_testkit::hostile;
+
+/// The value of `name{reason="..."}` in a scrape.
+fn refused(body: &str, reason: &str) -> f64 {
+    sample(
+        body,
+        &format!("fivetuple_exporter_connections_refused_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or_else(|| panic!("no refused{{reason={reason}}} in:\n{body}"))
+}
+
+#[test]
+fn netns_root_hostile_clients_cannot_starve_a_scraper() {
+    let test = "netns_root_hostile_clients_cannot_starve_a_scraper";
+    if !have_root(test) {
+        return;
+    }
+    fivetuple_testkit::raise_fd_limit();
+    in_fresh_netns(|| {
+        sysctl("tcp_tw_reuse", "0");
+        // A 10k-socket table: TIME_WAITs toward :8080.
+        let l = TcpListener::bind("127.0.0.1:8080").unwrap();
+        fivetuple_testkit::make_time_wait(&l, 10_000);
+        let (_e, addr) = start_exporter(&[], |_| {});
+        let timeout = Duration::from_secs(10);
+
+        // Phase 1: 64 idle (from 127.0.0.2) and 300 slowloris connections
+        // (from 127.0.0.1, the scraper's own address) held open and reopened
+        // whenever the exporter closes them.
+        let attack = hostile::hold_open(
+            addr,
+            [127, 0, 0, 2],
+            64,
+            [127, 0, 0, 1],
+            300,
+            Duration::from_millis(500),
+            Duration::from_secs(120),
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let held = attack.open();
+        let results = hostile::scrape_every(
+            addr,
+            [127, 0, 0, 1],
+            "/metrics",
+            "",
+            Duration::from_secs(1),
+            12,
+            timeout,
+        );
+        let report = attack.finish();
+        let times: Vec<Duration> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        // The issue asks for 95% within 1 s (the benchmark measures exactly
+        // that, in release); a loaded CI machine and a debug build get margin.
+        let quick = times
+            .iter()
+            .filter(|t| **t < Duration::from_secs(3))
+            .count();
+        assert!(
+            quick * 100 >= 90 * results.len(),
+            "{quick} of {} scrapes answered within 3 s under attack: {results:?}",
+            results.len()
+        );
+        assert!(held >= 300, "the attack held only {held} connections open");
+        assert!(
+            report.closed_by_server > 0,
+            "the exporter never closed an attacking connection: {report:?}"
+        );
+        let m = get(addr, "/metrics");
+        assert!(refused(&m.body, "evicted_idle") > 0.0, "{}", m.body);
+        assert!(
+            sample(&m.body, "fivetuple_time_wait_sockets").unwrap() >= 10_000.0,
+            "the table is not 10k sockets"
+        );
+
+        // Phase 2: 8 scrapers flooding back to back, and a ninth at 1/s.
+        let until = Instant::now() + Duration::from_secs(10);
+        let flooders = hostile::flood(addr, [127, 0, 0, 3], 8, "/metrics", until);
+        std::thread::sleep(Duration::from_millis(500));
+        let ninth = hostile::scrape_every(
+            addr,
+            [127, 0, 0, 4],
+            "/metrics",
+            "",
+            Duration::from_secs(1),
+            8,
+            timeout,
+        );
+        let (mut ok, mut other) = (0, 0);
+        for f in flooders {
+            let (o, x) = f.join().unwrap();
+            ok += o;
+            other += x;
+        }
+        assert!(
+            ninth.iter().all(Result::is_ok),
+            "the ninth scraper: {ninth:?}"
+        );
+        assert_eq!(
+            other, 0,
+            "flooders got answers other than 200 ({ok} were 200)"
+        );
+        assert!(ok > 8, "the flooders were answered {ok} times");
+        let m = get(addr, "/metrics");
+        let shared = sample(&m.body, "fivetuple_exporter_scrapes_shared_total").unwrap();
+        assert!(shared > 0.0, "no scan was shared:\n{}", m.body);
+    });
 }
