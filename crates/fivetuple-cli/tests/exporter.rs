@@ -79,7 +79,7 @@ fn start_exporter(args: &[&str], tweak: impl FnOnce(&mut Command)) -> (Reaper, S
         panic!("the exporter printed no address; stderr:\n{err}");
     }
     let addr = line
-        .split("http://")
+        .split("://")
         .nth(1)
         .and_then(|s| s.split('/').next())
         .and_then(|s| s.parse().ok())
@@ -582,5 +582,249 @@ fn netns_root_hostile_clients_cannot_starve_a_scraper() {
         let m = get(addr, "/metrics");
         let shared = sample(&m.body, "fivetuple_exporter_scrapes_shared_total").unwrap();
         assert!(shared > 0.0, "no scan was shared:\n{}", m.body);
+    });
+}
+
+/// A CA, a server certificate for 127.0.0.1 it signed, a client certificate
+/// it signed, and a self-signed client certificate no CA vouches for, as PEM
+/// files in `dir`; and a web config (`web.yml`) requiring a verified client
+/// certificate and basic auth for user `prom`, password `s3cret`.
+fn make_pki(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "fivetuple test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    let leaf = |names: Vec<String>, eku, file: &str, signed: bool| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![eku];
+        let key = KeyPair::generate().unwrap();
+        let cert = if signed {
+            p.signed_by(&key, &ca).unwrap()
+        } else {
+            p.self_signed(&key).unwrap()
+        };
+        std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    };
+    leaf(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        "server",
+        true,
+    );
+    leaf(
+        vec!["prometheus".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "client",
+        true,
+    );
+    leaf(
+        vec!["intruder".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "rogue",
+        false,
+    );
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(
+        dir.join("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\nbasic_auth_users:\n  prom: '{hash}'\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// curl with `args` against `url`; (exit code, headers and body).
+fn curl(dir: &Path, args: &[&str], url: &str) -> (i32, String) {
+    let out = Command::new("curl")
+        .current_dir(dir)
+        .args(["-sS", "-i", "--max-time", "20", "--cacert", "ca.crt"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn tls_mutual_auth_and_basic_auth_with_curl() {
+    let test = "tls_mutual_auth_and_basic_auth_with_curl";
+    if !have_tool(test, "curl", "curl") {
+        return;
+    }
+    let dir = TempDir::new("exporter-tls");
+    make_pki(&dir.0);
+    let web = dir.0.join("web.yml");
+    let (_e, addr) = start_exporter(&["--web.config.file", web.to_str().unwrap()], |_| {});
+    let url = format!("https://{addr}/metrics");
+    let me = ["--cert", "client.crt", "--key", "client.key"];
+    let creds = [&me[..], &["-u", "prom:s3cret"]].concat();
+
+    let (code, out) = curl(&dir.0, &creds, &url);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("fivetuple_scrape_collector_success{collector=\"destinations\"} 1"),
+        "{out}"
+    );
+
+    // A verified certificate is not enough: basic auth is required too.
+    let (code, out) = curl(&dir.0, &me, &url);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"fivetuple exporter\""),
+        "{out}"
+    );
+    let wrong = [&me[..], &["-u", "prom:S3cret"]].concat();
+    let (code, out) = curl(&dir.0, &wrong, &url);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    let nobody = [&me[..], &["-u", "root:s3cret"]].concat();
+    let (_, out) = curl(&dir.0, &nobody, &url);
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+
+    // Right password, but no client certificate, or one no CA signed: no TLS session at all.
+    let (code, out) = curl(&dir.0, &["-u", "prom:s3cret"], &url);
+    assert_ne!(code, 0, "served without a client certificate: {out}");
+    assert!(!out.contains("HTTP/1.1"), "{out}");
+    let rogue = [
+        "--cert",
+        "rogue.crt",
+        "--key",
+        "rogue.key",
+        "-u",
+        "prom:s3cret",
+    ];
+    let (code, out) = curl(&dir.0, &rogue, &url);
+    assert_ne!(code, 0, "served a self-signed client certificate: {out}");
+    assert!(!out.contains("HTTP/1.1"), "{out}");
+    // Plain HTTP to the TLS port gets no metrics either.
+    let (_, out) = curl(&dir.0, &[], &format!("http://{addr}/metrics"));
+    assert!(!out.contains("fivetuple_"), "{out}");
+
+    let (_, out) = curl(&dir.0, &creds, &url);
+    assert!(
+        sample(&out, "fivetuple_exporter_requests_unauthorized_total") == Some(3.0),
+        "{out}"
+    );
+    assert!(refused(&out, "tls_failed") >= 3.0, "{out}");
+}
+
+#[test]
+fn bad_web_config_exits_3_naming_the_field() {
+    let dir = TempDir::new("exporter-badweb");
+    let f = dir.0.join("web.yml");
+    for (yaml, wanted) in [
+        (
+            "tls_server_config:\n  key_file: x.key\n",
+            "tls_server_config.cert_file: is missing",
+        ),
+        (
+            "basic_auth_users:\n  prom: plaintext\n",
+            "basic_auth_users.prom: is not a bcrypt hash",
+        ),
+        ("tls_server_confg: {}\n", "unknown field `tls_server_confg`"),
+    ] {
+        std::fs::write(&f, yaml).unwrap();
+        let out = Command::new(BIN)
+            .args(["exporter", "--listen", "127.0.0.1:0", "--web.config.file"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{yaml:?}: {err}");
+        assert!(err.contains(wanted), "{yaml:?}: {err}");
+        assert!(out.stdout.is_empty(), "said it listens: {:?}", out.stdout);
+    }
+    let out = Command::new(BIN)
+        .args(["exporter", "--web.config.file", "/nonexistent/web.yml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("/nonexistent/web.yml: cannot read it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn netns_root_prometheus_scrapes_over_tls_with_basic_auth() {
+    let test = "netns_root_prometheus_scrapes_over_tls_with_basic_auth";
+    if !have_root(test) || !have_tool(test, "prometheus", "prometheus") {
+        return;
+    }
+    let dir = TempDir::new("exporter-prom-tls");
+    make_pki(&dir.0);
+    in_fresh_netns(|| {
+        let web = dir.0.join("web.yml");
+        let (_e, exp) = start_exporter(&["--web.config.file", web.to_str().unwrap()], |_| {});
+        let d = dir.0.display();
+        let config = dir.0.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fivetuple\n    scheme: https\n    tls_config:\n      ca_file: {d}/ca.crt\n      cert_file: {d}/client.crt\n      key_file: {d}/client.key\n    basic_auth:\n      username: prom\n      password: s3cret\n    static_configs:\n      - targets: ['{exp}']\n  - job_name: nopassword\n    scheme: https\n    tls_config:\n      ca_file: {d}/ca.crt\n      cert_file: {d}/client.crt\n      key_file: {d}/client.key\n    static_configs:\n      - targets: ['{exp}']\n"
+            ),
+        )
+        .unwrap();
+        let prom_addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
+        let _prom = Reaper(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.0.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={prom_addr}"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("run prometheus"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let (mut ok, mut up_nopw) = (Vec::new(), Vec::new());
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            if TcpStream::connect(prom_addr).is_err() {
+                continue;
+            }
+            ok = query(
+                prom_addr,
+                "fivetuple_scrape_collector_success{job=\"fivetuple\",collector=\"destinations\"}",
+            );
+            up_nopw = query(prom_addr, "up{job=\"nopassword\"}");
+            if !ok.is_empty() && !up_nopw.is_empty() {
+                break;
+            }
+        }
+        let log = std::fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+        assert_eq!(
+            ok.len(),
+            1,
+            "no scrape over TLS within 40 s; prometheus log:\n{log}"
+        );
+        assert_eq!(value_of(&ok[0]), 1.0);
+        let up = query(prom_addr, "up{job=\"fivetuple\"}");
+        assert_eq!(value_of(&up[0]), 1.0);
+        // The same client certificate without the password is turned away.
+        assert_eq!(up_nopw.len(), 1, "{log}");
+        assert_eq!(value_of(&up_nopw[0]), 0.0, "scraped without basic auth");
     });
 }
