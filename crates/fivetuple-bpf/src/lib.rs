@@ -37,7 +37,11 @@
 
 #![deny(missing_docs)]
 
+pub mod cgroup;
+pub mod policy;
 pub mod probe;
+
+pub use policy::{Error, KernelPolicy, Only, Rule, Stats};
 
 /// The compiled BPF objects, embedded (8-byte aligned, as the ELF parser
 /// wants). One constant per `src/bpf/*.bpf.c`.

@@ -68,6 +68,15 @@ struct {
 	__type(value, __u64);
 } ft_next SEC(".maps");
 
+// What was attached, for `fivetuple attached`: "spec\ncgroup\nonly\n".
+// Written by the loader, never read by the programs.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ft_meta);
+} ft_meta SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FT_STAT_COUNT);

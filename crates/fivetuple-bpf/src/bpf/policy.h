@@ -39,3 +39,7 @@ struct ft_config {
 	__u16 pad;
 	__s32 last_error; // last bpf_setsockopt error of the window path
 };
+
+struct ft_meta {
+	char text[1024];
+};
