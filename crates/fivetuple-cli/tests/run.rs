@@ -880,3 +880,168 @@ fn bad_policy_and_filter_exit_3_naming_the_value() {
         );
     }
 }
+
+fn stats_of(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .find(|l| l.contains("connects "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Left alone, and counted: destinations outside `--only`, sockets the
+/// application bound itself, UDP (not even counted as a connect).
+#[test]
+fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
+    let test = "netns_root_only_filter_bound_sockets_and_udp_are_left_alone";
+    if !have_root(test)
+        || !have_tool(test, "python3", "python3")
+        || !have_tool(test, "nginx", "nginx")
+    {
+        return;
+    }
+    let _serial = serial();
+    support::in_fresh_netns(|| {
+        for (k, v) in SYSCTLS {
+            support::sysctl(k, v);
+        }
+        let _nginx = Nginx::start("left-alone");
+        let parent = test_cgroup("left-alone-parent");
+        let p = parent.path().to_str().unwrap().to_string();
+        let script = clients_dir().join("churn.py").display().to_string();
+        // The filter names another port: nginx's calls keep the kernel's ports.
+        let out = fivetuple(&[
+            "run",
+            "--policy",
+            ROTATE,
+            "--only",
+            "127.0.0.1:9999",
+            "--stats",
+            "--cgroup-parent",
+            &p,
+            "--",
+            "python3",
+            &script,
+            "127.0.0.1",
+            "8080",
+            "20",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let c = calls(&out.stdout);
+        assert_eq!(c.ports.len(), 20);
+        assert!(
+            c.ports.iter().all(|p| KERNEL_RANGE.contains(p)),
+            "outside the filter: {:?}",
+            c.ports
+        );
+        assert!(
+            stats_of(&out.stderr).contains("connects 0 binds 0")
+                && stats_of(&out.stderr).contains("filtered 20"),
+            "{}",
+            text(&out)
+        );
+        // Inside the filter (network and port), the policy applies.
+        let out = fivetuple(&[
+            "run",
+            "--policy",
+            ROTATE,
+            "--only",
+            "127.0.0.0/8:8080",
+            "--stats",
+            "--cgroup-parent",
+            &p,
+            "--",
+            "python3",
+            &script,
+            "127.0.0.1",
+            "8080",
+            "20",
+        ]);
+        let c = calls(&out.stdout);
+        assert!(
+            c.ports.len() == 20 && c.ports.iter().all(|p| ROT.contains(p)),
+            "inside the filter: {}",
+            text(&out)
+        );
+        // A socket the application bound (port 0 bind picks a port at once) and a UDP connect.
+        let client = "import http.client, socket\n\
+            c = http.client.HTTPConnection('127.0.0.1', 8080, source_address=('127.0.0.1', 0)); c.request('GET', '/'); c.getresponse().read(); print(c.sock.getsockname()[1]); c.close()\n\
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(('127.0.0.1', 8080)); print(u.getsockname()[1])";
+        let out = fivetuple(&[
+            "run",
+            "--policy",
+            ROTATE,
+            "--stats",
+            "--cgroup-parent",
+            &p,
+            "--",
+            "python3",
+            "-c",
+            client,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        assert_eq!(ports.len(), 2);
+        assert!(
+            ports.iter().all(|p| !ROT.contains(p)),
+            "bound TCP and UDP kept their own ports: {ports:?}"
+        );
+        let stats = stats_of(&out.stderr);
+        assert!(
+            stats.contains("connects 0 binds 0")
+                && stats.contains("already_bound 1")
+                && stats.contains("filtered 0"),
+            "{stats}"
+        );
+    });
+}
+
+/// With `tcp_timestamps=0` nothing takes over a TIME_WAIT tuple, and the
+/// hook cannot retry: rotation over 100 ports makes about 100 calls and then
+/// the client sees EADDRNOTAVAIL, as the guide says.
+#[test]
+fn netns_root_without_timestamps_rotation_runs_out_like_the_kernel() {
+    let test = "netns_root_without_timestamps_rotation_runs_out_like_the_kernel";
+    if !have_root(test)
+        || !have_tool(test, "python3", "python3")
+        || !have_tool(test, "nginx", "nginx")
+    {
+        return;
+    }
+    let _serial = serial();
+    support::in_fresh_netns(|| {
+        for (k, v) in SYSCTLS {
+            support::sysctl(k, v);
+        }
+        support::sysctl("tcp_timestamps", "0");
+        let _nginx = Nginx::start("no-timestamps");
+        let parent = test_cgroup("no-timestamps-parent");
+        let script = clients_dir().join("churn.py").display().to_string();
+        let out = fivetuple(&[
+            "run",
+            "--policy",
+            "rotate:20000-20099",
+            "--cgroup-parent",
+            parent.path().to_str().unwrap(),
+            "--",
+            "python3",
+            &script,
+            "127.0.0.1",
+            "8080",
+            "300",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let c = calls(&out.stdout);
+        assert!(
+            (95..=100).contains(&c.ports.len()),
+            "{} calls worked: {:?}",
+            c.ports.len(),
+            c.first_error
+        );
+        assert_eq!(c.first_error.as_deref(), Some("ERR EADDRNOTAVAIL"));
+        assert!(c.ports.iter().all(|p| (20000..=20099).contains(p)));
+    });
+}
