@@ -823,8 +823,25 @@ pub fn attach_pinned(
 
 /// Detaches the policy pinned for `cgroup` under `root` and removes its pins.
 /// The kernel detaches a link when its last reference (the pin) goes.
+///
+/// When the cgroup no longer exists, the pins whose recorded cgroup path is
+/// `cgroup` are removed instead, so a policy never outlives its cgroup in
+/// the listing.
 pub fn detach_pinned(root: &Path, cgroup: &Path) -> Result<PathBuf, Error> {
-    let dir = pin_dir(root, cgroup)?;
+    let dir = match pin_dir(root, cgroup) {
+        Ok(dir) => dir,
+        Err(_) => list(root)?
+            .into_iter()
+            .find(|p| p.cgroup == cgroup)
+            .map(|p| p.dir)
+            .ok_or_else(|| {
+                Error::State(format!(
+                    "no fivetuple policy is attached to {} (it is not a cgroup now, and no pin under {} records it)",
+                    cgroup.display(),
+                    root.display()
+                ))
+            })?,
+    };
     if !dir.exists() {
         return Err(Error::State(format!(
             "no fivetuple policy is attached to {} (nothing at {})",

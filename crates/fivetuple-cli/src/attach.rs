@@ -159,7 +159,12 @@ pub fn attach(args: AttachArgs, out: &mut impl Write) -> Result<u8> {
 
 /// Runs `fivetuple detach`.
 pub fn detach(args: DetachArgs, out: &mut impl Write) -> Result<u8> {
-    let cgroup = resolve_cgroup(&args.cgroup)?;
+    // A removed cgroup is still detached by the path its pins recorded.
+    let cgroup = resolve_cgroup(&args.cgroup).or_else(|e| match probe::cgroup2_mount() {
+        Ok(Some(mount)) if !args.cgroup.is_absolute() => Ok(mount.join(&args.cgroup)),
+        _ if args.cgroup.is_absolute() => Ok(args.cgroup.clone()),
+        _ => Err(e),
+    })?;
     match policy::detach_pinned(&args.pins.root(), &cgroup) {
         Ok(dir) => {
             writeln!(

@@ -1045,3 +1045,44 @@ fn netns_root_without_timestamps_rotation_runs_out_like_the_kernel() {
         assert!(c.ports.iter().all(|p| (20000..=20099).contains(p)));
     });
 }
+
+/// A policy whose cgroup was removed is still listed and detached by path,
+/// so no pin outlives its cgroup unseen.
+#[test]
+fn root_detach_after_the_cgroup_is_gone_removes_the_pins() {
+    let test = "root_detach_after_the_cgroup_is_gone_removes_the_pins";
+    if !have_root(test) {
+        return;
+    }
+    let _serial = serial();
+    let bpffs = BpfFs::mount("gone");
+    let root = bpffs.root();
+    let root_s = root.to_str().unwrap();
+    let group = test_cgroup("gone");
+    let path = group.path().to_str().unwrap().to_string();
+    let out = fivetuple(&[
+        "attach",
+        "--cgroup",
+        &path,
+        "--policy",
+        "spread:127.0.0.2-127.0.0.3",
+        "--pin-root",
+        root_s,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    group.remove().unwrap();
+    let listed = fivetuple(&["attached", "--pin-root", root_s]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&path),
+        "{}",
+        text(&listed)
+    );
+    let out = fivetuple(&["detach", "--cgroup", &path, "--pin-root", root_s]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "pins left");
+    assert_eq!(
+        fivetuple_programs_loaded(),
+        Vec::<String>::new(),
+        "a program was left"
+    );
+}
