@@ -1086,3 +1086,57 @@ fn root_detach_after_the_cgroup_is_gone_removes_the_pins() {
         "a program was left"
     );
 }
+
+/// `repro --only naive,attach`: the same naive client fails, and holds with
+/// the kernel hook around it; afterwards no cgroup or program is left.
+#[test]
+fn netns_root_repro_attach_remedy_holds_where_naive_fails() {
+    let test = "netns_root_repro_attach_remedy_holds_where_naive_fails";
+    if !have_root(test) || !have_tool(test, "bpftool", "bpftool") {
+        return;
+    }
+    let _serial = serial();
+    let out = fivetuple(&[
+        "repro",
+        "--only",
+        "naive,attach",
+        "--ports",
+        "100",
+        "--rate",
+        "100",
+        "--duration",
+        "3s",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |name: &str| {
+        v["remedies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} row: {v}"))
+            .clone()
+    };
+    let (naive, attach) = (row("naive"), row("attach"));
+    assert!(naive["failed"].as_u64().unwrap() > 0, "naive: {naive}");
+    assert_eq!(attach["failed"].as_u64(), Some(0), "attach: {attach}");
+    assert_eq!(attach["ok"], attach["calls"], "attach: {attach}");
+    assert_eq!(
+        fivetuple_programs_loaded(),
+        Vec::<String>::new(),
+        "a program was left"
+    );
+    let home = own_cgroup().unwrap();
+    let left: Vec<_> = std::fs::read_dir(&home)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("fivetuple-repro-")
+        })
+        .collect();
+    assert!(left.is_empty(), "repro left cgroups: {left:?}");
+}

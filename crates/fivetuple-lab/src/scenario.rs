@@ -235,6 +235,14 @@ fn outbound(
                 text,
             )
         }
+        Remedy::Attach => (
+            per_call(Arc::new(fivetuple::KernelDefault), false),
+            1,
+            format!(
+                "kernel picks the port, closed per call; the cgroup connect hook binds rotate:{}-{}",
+                range[0], range[1]
+            ),
+        ),
         Remedy::Pooled => (
             Outbound::pooled(upstream),
             1,
@@ -307,6 +315,7 @@ fn run_loopback(
         let (range, reuse, reuse_delay_ms) = configure_client(&config, remedy)?;
         let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, UPSTREAM_PORT));
         let (out, sources, client) = outbound(&config, remedy, range, upstream)?;
+        let _hook = crate::hook::KernelHook::for_remedy(remedy, range, upstream)?;
         let rt = runtime()?;
         let mode = if remedy == Remedy::Auth {
             UpstreamMode::Auth
@@ -424,6 +433,7 @@ fn run_two_hosts(
         }
         let upstream = SocketAddr::from((HOST_B, UPSTREAM_PORT));
         let (out, sources, client) = outbound(&config, remedy, range, upstream)?;
+        let _hook = crate::hook::KernelHook::for_remedy(remedy, range, upstream)?;
         let rt = runtime()?;
         let started = Instant::now();
         let outcome = rt.block_on(async {
