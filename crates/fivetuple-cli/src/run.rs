@@ -25,17 +25,13 @@ use signal_hook::iterator::SignalsInfo;
 use signal_hook::low_level::siginfo::Cause;
 use std::os::fd::AsRawFd;
 
-use crate::attach::{prepare, refuse};
+use crate::attach::{prepare, refuse, PolicyArgs};
 
 /// Arguments of `fivetuple run`.
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// Policy spec, as the library's: kernel, rotate[:LO-HI], spread:A-B, spread-rotate:A-B@LO-HI, window:LO-HI.
-    #[arg(long, value_name = "SPEC")]
-    pub policy: String,
-    /// Apply only to connects to DEST[/PREFIX][:PORT] (e.g. 127.0.0.1:8080, 10.0.0.0/8, [::1]:443).
-    #[arg(long, value_name = "DEST")]
-    pub only: Option<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Print the policy's counters to stderr when CMD exits.
     #[arg(long)]
     pub stats: bool,
@@ -58,7 +54,7 @@ const FORWARDED: [i32; 6] = [
 
 /// Runs `fivetuple run`; returns CMD's exit code.
 pub fn run(args: Args, _out: &mut impl Write) -> Result<u8> {
-    let (policy, only) = match prepare(&args.policy, args.only.as_deref(), None) {
+    let (policy, only) = match prepare(&args.policy, None) {
         Ok(p) => p,
         Err(e) => return Ok(refuse("run", &e)),
     };

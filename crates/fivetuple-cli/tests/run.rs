@@ -181,6 +181,18 @@ fn test_cgroup(tag: &str) -> Transient {
     Transient::create(&own_cgroup().expect("cgroup v2 mounted"), tag).expect("create a test cgroup")
 }
 
+/// Runs `f` serialized with the other tests that load programs, in a fresh
+/// network namespace with the 100-port range, `tcp_tw_reuse=0` and `extra`
+/// sysctls, with nginx listening on 127.0.0.1:8080.
+fn in_box<T: Send>(tag: &str, extra: &[(&str, &str)], f: impl FnOnce(&Nginx) -> T + Send) -> T {
+    let _serial = serial();
+    let sysctls: Vec<(&str, &str)> = SYSCTLS.iter().chain(extra).copied().collect();
+    fivetuple_testkit::in_fresh_netns(&sysctls, || {
+        let nginx = Nginx::start(tag);
+        f(&nginx)
+    })
+}
+
 /// The client without a policy fails past the namespace's 100 ports; under
 /// `run --policy rotate:20000-20999` it makes `n` calls with no failure,
 /// from ports of that range only, which is what nginx saw, call for call.
@@ -189,12 +201,7 @@ fn unmodified_client_gets_rotation(
     client: impl Fn(usize) -> Vec<String> + Sync,
     n: usize,
 ) {
-    let _serial = serial();
-    support::in_fresh_netns(|| {
-        for (k, v) in SYSCTLS {
-            support::sysctl(k, v);
-        }
-        let nginx = Nginx::start(tag);
+    in_box(tag, &[], |nginx| {
         let base = client(300);
         let out = Command::new(&base[0])
             .args(&base[1..])
@@ -394,12 +401,7 @@ fn netns_root_spread_over_8_sources_multiplies_the_budget_by_8() {
     {
         return;
     }
-    let _serial = serial();
-    support::in_fresh_netns(|| {
-        for (k, v) in SYSCTLS {
-            support::sysctl(k, v);
-        }
-        let nginx = Nginx::start("spread");
+    in_box("spread", &[], |nginx| {
         let parent = test_cgroup("spread-parent");
         let script = clients_dir().join("churn.py").display().to_string();
         let n = "1000";
@@ -508,12 +510,7 @@ fn netns_root_attach_changes_a_running_process_ports_and_detach_restores() {
     {
         return;
     }
-    let _serial = serial();
-    support::in_fresh_netns(|| {
-        for (k, v) in SYSCTLS {
-            support::sysctl(k, v);
-        }
-        let nginx = Nginx::start("attach");
+    in_box("attach", &[], |nginx| {
         let bpffs = BpfFs::mount("attach");
         let root = bpffs.root();
         let root_s = root.to_str().unwrap();
@@ -805,12 +802,7 @@ fn netns_root_window_is_tried_and_refused_clearly_or_applied() {
     if !have_root(test) || !have_tool(test, "curl", "curl") || !have_tool(test, "nginx", "nginx") {
         return;
     }
-    let _serial = serial();
-    support::in_fresh_netns(|| {
-        for (k, v) in SYSCTLS {
-            support::sysctl(k, v);
-        }
-        let _nginx = Nginx::start("window");
+    in_box("window", &[], |_nginx| {
         let out = fivetuple(&[
             "run", "--policy", "window:40010-40019", "--", "sh", "-c",
             "for i in 1 2 3; do curl -s -o /dev/null -w '%{local_port} %{http_code}\\n' http://127.0.0.1:8080/; done",
@@ -900,12 +892,7 @@ fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
     {
         return;
     }
-    let _serial = serial();
-    support::in_fresh_netns(|| {
-        for (k, v) in SYSCTLS {
-            support::sysctl(k, v);
-        }
-        let _nginx = Nginx::start("left-alone");
+    in_box("left-alone", &[], |_nginx| {
         let parent = test_cgroup("left-alone-parent");
         let p = parent.path().to_str().unwrap().to_string();
         let script = clients_dir().join("churn.py").display().to_string();
@@ -1011,13 +998,7 @@ fn netns_root_without_timestamps_rotation_runs_out_like_the_kernel() {
     {
         return;
     }
-    let _serial = serial();
-    support::in_fresh_netns(|| {
-        for (k, v) in SYSCTLS {
-            support::sysctl(k, v);
-        }
-        support::sysctl("tcp_timestamps", "0");
-        let _nginx = Nginx::start("no-timestamps");
+    in_box("no-timestamps", &[("tcp_timestamps", "0")], |_nginx| {
         let parent = test_cgroup("no-timestamps-parent");
         let script = clients_dir().join("churn.py").display().to_string();
         let out = fivetuple(&[
