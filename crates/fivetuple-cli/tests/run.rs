@@ -63,7 +63,7 @@ impl Nginx {
 events {{ worker_connections 512; }}
 http {{ log_format p '$remote_addr $remote_port'; access_log {d}/access.log p;
   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-  server {{ listen 127.0.0.1:{LISTEN_PORT}; keepalive_requests 100000;
+  server {{ listen 127.0.0.1:{LISTEN_PORT}; listen [::1]:{LISTEN_PORT}; keepalive_requests 100000;
     location / {{ return 200 \"ok\\n\"; }} }} }}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
@@ -1120,4 +1120,72 @@ fn netns_root_repro_attach_remedy_holds_where_naive_fails() {
         })
         .collect();
     assert!(left.is_empty(), "repro left cgroups: {left:?}");
+}
+
+/// The connect6 program: rotation applies to an IPv6 destination, and a
+/// spread with IPv4 sources only leaves it to the kernel (counted as
+/// no_source), as the library's policy gives up on it.
+#[test]
+fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_alone() {
+    let test = "netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_alone";
+    if !have_root(test)
+        || !have_tool(test, "python3", "python3")
+        || !have_tool(test, "nginx", "nginx")
+    {
+        return;
+    }
+    in_box("ipv6", &[], |nginx| {
+        let parent = test_cgroup("ipv6-parent");
+        let p = parent.path().to_str().unwrap().to_string();
+        let script = clients_dir().join("churn.py").display().to_string();
+        let out = fivetuple(&[
+            "run",
+            "--policy",
+            ROTATE,
+            "--stats",
+            "--cgroup-parent",
+            &p,
+            "--",
+            "python3",
+            &script,
+            "::1",
+            "8080",
+            "300",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let c = calls(&out.stdout);
+        assert_eq!((c.ports.len(), c.failures), (300, 0), "{:?}", c.first_error);
+        assert!(c.ports.iter().all(|p| ROT.contains(p)), "{:?}", c.ports);
+        let seen = nginx.seen(300);
+        assert!(
+            seen.len() >= 300 && seen.iter().all(|(a, p)| a == "::1" && ROT.contains(p)),
+            "nginx saw {:?}",
+            &seen[..seen.len().min(5)]
+        );
+        let out = fivetuple(&[
+            "run",
+            "--policy",
+            "spread:127.0.0.2-127.0.0.3",
+            "--stats",
+            "--cgroup-parent",
+            &p,
+            "--",
+            "python3",
+            &script,
+            "::1",
+            "8080",
+            "5",
+        ]);
+        let c = calls(&out.stdout);
+        assert!(
+            c.ports.len() == 5 && c.ports.iter().all(|p| KERNEL_RANGE.contains(p)),
+            "{}",
+            text(&out)
+        );
+        assert!(
+            stats_of(&out.stderr).contains("no_source 5"),
+            "{}",
+            text(&out)
+        );
+    });
 }
