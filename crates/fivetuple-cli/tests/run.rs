@@ -498,6 +498,55 @@ fn bpftool_cgroup_show(cgroup: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A running "service" in a cgroup: a Python process that makes one HTTP
+/// call to nginx per line it reads and prints the local port used.
+struct Service {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Service {
+    fn start(cgroup: &Transient) -> Service {
+        let mut child = Command::new("python3")
+            .args(["-c", "import http.client,sys\nfor _ in sys.stdin:\n c=http.client.HTTPConnection('127.0.0.1',8080,timeout=5); c.request('GET','/'); c.getresponse().read(); print(c.sock.getsockname()[1], flush=True); c.close()"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        std::fs::write(cgroup.path().join("cgroup.procs"), child.id().to_string())
+            .expect("move the service into its cgroup");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Service {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The local ports of `n` calls.
+    fn calls(&mut self, n: usize) -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                writeln!(self.stdin, "go").unwrap();
+                let mut line = String::new();
+                self.stdout.read_line(&mut line).unwrap();
+                line.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("the service said {line:?}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `attach` on the cgroup of a process that is already running changes the
 /// ports of its next connects; `detach` gives them back to the kernel.
 #[test]
@@ -516,29 +565,8 @@ fn netns_root_attach_changes_a_running_process_ports_and_detach_restores() {
         let root_s = root.to_str().unwrap();
         let svc = test_cgroup("attach-svc");
         let svc_s = svc.path().to_str().unwrap();
-        // One call per line read: the "service" already runs when the policy comes.
-        let mut client = Command::new("python3")
-            .args(["-c", "import http.client,sys\nfor _ in sys.stdin:\n c=http.client.HTTPConnection('127.0.0.1',8080,timeout=5); c.request('GET','/'); c.getresponse().read(); print(c.sock.getsockname()[1], flush=True); c.close()"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        std::fs::write(svc.path().join("cgroup.procs"), client.id().to_string())
-            .expect("move the client into its cgroup");
-        let mut stdin = client.stdin.take().unwrap();
-        let mut stdout = BufReader::new(client.stdout.take().unwrap());
-        let mut five = || -> Vec<u16> {
-            (0..5)
-                .map(|_| {
-                    writeln!(stdin, "go").unwrap();
-                    let mut line = String::new();
-                    stdout.read_line(&mut line).unwrap();
-                    line.trim()
-                        .parse()
-                        .unwrap_or_else(|_| panic!("client said {line:?}"))
-                })
-                .collect()
-        };
+        let mut service = Service::start(&svc);
+        let mut five = || service.calls(5);
         let first = five();
         assert!(
             first.iter().all(|p| KERNEL_RANGE.contains(p)),
@@ -624,8 +652,7 @@ fn netns_root_attach_changes_a_running_process_ports_and_detach_restores() {
         );
         let out = fivetuple(&["detach", "--cgroup", svc_s, "--pin-root", root_s]);
         assert_eq!(out.status.code(), Some(3), "detach twice: {}", text(&out));
-        drop(stdin);
-        let _ = client.wait();
+        drop(service);
     });
 }
 
@@ -1188,4 +1215,65 @@ fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_al
             text(&out)
         );
     });
+}
+
+/// `attach` run from another network namespace (the test process's own)
+/// rotates over the ports the *target* namespace does not reserve: its
+/// `ip_local_reserved_ports` is read in the namespace of a process of the
+/// cgroup.
+#[test]
+fn netns_root_attach_from_another_namespace_skips_the_targets_reserved_ports() {
+    let test = "netns_root_attach_from_another_namespace_skips_the_targets_reserved_ports";
+    if !have_root(test)
+        || !have_tool(test, "python3", "python3")
+        || !have_tool(test, "nginx", "nginx")
+        || !have_tool(test, "nsenter", "util-linux")
+    {
+        return;
+    }
+    let host_netns = format!("/proc/{}/ns/net", std::process::id());
+    in_box(
+        "reserved",
+        &[("ip_local_reserved_ports", "20000-20989")],
+        |_nginx| {
+            let bpffs = BpfFs::mount("reserved");
+            let root = bpffs.root();
+            let svc = test_cgroup("reserved-svc");
+            let mut service = Service::start(&svc);
+            let out = Command::new("nsenter")
+                .arg(format!("--net={host_netns}"))
+                .arg(BIN)
+                .args([
+                    "attach",
+                    "--cgroup",
+                    svc.path().to_str().unwrap(),
+                    "--policy",
+                    ROTATE,
+                    "--pin-root",
+                    root.to_str().unwrap(),
+                ])
+                .output()
+                .expect("nsenter (util-linux)");
+            assert!(
+                out.status.success(),
+                "attach from the host namespace: {}",
+                text(&out)
+            );
+            let ports = service.calls(30);
+            let out = fivetuple(&[
+                "detach",
+                "--cgroup",
+                svc.path().to_str().unwrap(),
+                "--pin-root",
+                root.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "detach: {}", text(&out));
+            let used: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+            let free: std::collections::BTreeSet<u16> = (20990..=20999).collect();
+            assert_eq!(
+                used, free,
+                "30 calls over the 10 ports the target namespace does not reserve: {ports:?}"
+            );
+        },
+    );
 }
