@@ -13,9 +13,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod attach;
 mod doctor;
 mod exporter;
 mod repro;
+mod run;
 mod table_args;
 mod top;
 
@@ -40,6 +42,14 @@ enum Command {
     Exporter(exporter::Args),
     /// Live terminal view of per-destination port headroom, refreshed every second.
     Top(top::Args),
+    /// Run a command with a port policy applied in the kernel to it and its children (cgroup connect hook).
+    Run(run::Args),
+    /// Apply a port policy in the kernel to a running service's cgroup, pinned until detach.
+    Attach(attach::AttachArgs),
+    /// Remove the policy attached to a cgroup.
+    Detach(attach::DetachArgs),
+    /// List the attached policies with their counters.
+    Attached(attach::ListArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +75,10 @@ fn main() -> ExitCode {
         Command::Repro(args) => repro::run(args, &mut out),
         Command::Exporter(args) => exporter::run(args, &mut out),
         Command::Top(args) => top::run(args),
+        Command::Run(args) => run::run(args, &mut out),
+        Command::Attach(args) => attach::attach(args, &mut out),
+        Command::Detach(args) => attach::detach(args, &mut out),
+        Command::Attached(args) => attach::list(args, &mut out),
     };
     let result = result.and_then(|code| out.flush().map(|()| code).map_err(Into::into));
     match result {
