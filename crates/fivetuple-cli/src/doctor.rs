@@ -11,7 +11,7 @@ use crate::table_args::{TableArgs, ThresholdArgs};
 use anyhow::{Context, Result};
 use fivetuple_scan::model::{self, Analysis, Destination, Severity, Snapshot, Thresholds};
 use fivetuple_scan::netns::{self, Target};
-use fivetuple_scan::{procs, Reader, ScanError, Settings};
+use fivetuple_scan::{procs, Reader, ScanError, Settings, TcpState};
 use serde::Serialize;
 
 /// Version of the `--json` document; bumped only on incompatible changes.
@@ -386,9 +386,9 @@ fn write_report(
             "EXHAUST IN"
         )?;
         for d in list {
-            let tw = d.states.get("TIME_WAIT").copied().unwrap_or(0);
-            let est = d.states.get("ESTABLISHED").copied().unwrap_or(0);
-            let other = d.states.values().sum::<u32>() - tw - est;
+            let tw = d.states.get(TcpState::TimeWait);
+            let est = d.states.get(TcpState::Established);
+            let other = d.states.total() - tw - est;
             let f = d.time_wait_freeing;
             let procs = if d.processes.is_empty() {
                 "-".to_string()

@@ -12,7 +12,7 @@ use crate::table_args::{TableArgs, ThresholdArgs};
 use anyhow::{Context, Result};
 use fivetuple_scan::model::{Analysis, Destination, Severity, Thresholds};
 use fivetuple_scan::netns::{self, Target};
-use fivetuple_scan::{History, Reader, Settings};
+use fivetuple_scan::{History, Reader, Settings, TcpState};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
@@ -269,13 +269,13 @@ fn draw(f: &mut Frame, target: &Target, scan: Option<&Scan>, error: Option<&str>
     f.render_widget(Paragraph::new(header), head);
 
     let rows = sorted(&a.destinations, sort).into_iter().map(|d| {
-        let states = |k: &str| d.states.get(k).copied().unwrap_or(0).to_string();
+        let states = |k: TcpState| d.states.get(k).to_string();
         Row::new(vec![
             Cell::from(d.label()),
             Cell::from(bar(d.utilization)).style(Style::default().fg(color(d.severity))),
             Cell::from(format!("{}/{}", d.in_use, d.capacity)),
-            Cell::from(states("TIME_WAIT")),
-            Cell::from(states("ESTABLISHED")),
+            Cell::from(states(TcpState::TimeWait)),
+            Cell::from(states(TcpState::Established)),
             Cell::from(
                 d.rate_per_s
                     .map(|r| format!("{r:.1}"))

@@ -35,7 +35,8 @@ pub use error::ScanError;
 pub use fivetuple_kernel::{PortRange, ReservedPorts};
 pub use history::History;
 pub use model::{
-    Analysis, Destination, Direction, Directions, Finding, Severity, Snapshot, Thresholds,
+    Analysis, Destination, Direction, Directions, Finding, FindingCode, Severity, Snapshot,
+    StateCounts, Thresholds,
 };
 pub use settings::{Counters, Settings};
 pub use socket::{Socket, Source, Table, TcpState};

@@ -126,8 +126,8 @@ pub fn families(a: &Analysis, top_k: usize) -> Vec<Family> {
     let mut exhaustion = Vec::new();
     for d in top {
         let l = dest_labels(d);
-        for (state, n) in &d.states {
-            sockets.push((with(l.clone(), "state", state), f64::from(*n)));
+        for (state, n) in d.states.iter() {
+            sockets.push((with(l.clone(), "state", state.name()), f64::from(n)));
         }
         in_use.push((l.clone(), f64::from(d.in_use)));
         util.push((l.clone(), d.utilization));
@@ -143,8 +143,8 @@ pub fn families(a: &Analysis, top_k: usize) -> Vec<Family> {
         let l = other_labels();
         let mut states: std::collections::BTreeMap<&str, u32> = Default::default();
         for d in rest {
-            for (s, n) in &d.states {
-                *states.entry(s).or_default() += n;
+            for (s, n) in d.states.iter() {
+                *states.entry(s.name()).or_default() += n;
             }
         }
         for (state, n) in states {
