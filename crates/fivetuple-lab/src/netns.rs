@@ -156,19 +156,18 @@ where
     thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            unshare_net()
-                .map_err(|e| LabError::Namespace(format!("unshare(CLONE_NEWNET): {e}")))?;
-            loopback_up().map_err(|e| LabError::Namespace(format!("bringing lo up: {e}")))?;
+            unshare_net().map_err(|e| LabError::namespace("unshare(CLONE_NEWNET)", e))?;
+            loopback_up().map_err(|e| LabError::namespace("bringing lo up", e))?;
             f()
         })
-        .map_err(|e| LabError::Namespace(format!("spawning the box thread: {e}")))
+        .map_err(|e| LabError::namespace("spawning the box thread", e))
 }
 
 /// Joins a box thread, turning a panic into an error.
 pub fn join_box<T>(handle: thread::JoinHandle<Result<T, LabError>>) -> Result<T, LabError> {
     handle
         .join()
-        .unwrap_or_else(|_| Err(LabError::Namespace("a box thread panicked".into())))
+        .unwrap_or_else(|_| Err(LabError::namespace_msg("a box thread panicked")))
 }
 
 /// Sets `IFF_UP` on `lo` in the calling thread's namespace (`SIOCSIFFLAGS`).
@@ -205,7 +204,8 @@ fn loopback_up() -> io::Result<()> {
 /// Writes `net.<key>` (e.g. `ipv4.tcp_tw_reuse`) in the calling thread's
 /// namespace: `/proc/sys` is resolved against the task that opens the file.
 pub fn write_sysctl(key: &str, value: &str) -> Result<(), LabError> {
-    fivetuple_kernel::sysctl::write(key, value).map_err(|e| LabError::Namespace(e.to_string()))
+    fivetuple_kernel::sysctl::write(key, value)
+        .map_err(|e| LabError::namespace(format!("setting net.{key}"), e))
 }
 
 /// Reads `net.<key>` in the calling thread's namespace, trimmed.
@@ -238,18 +238,17 @@ pub fn current_tid() -> i32 {
 pub fn ip(args: &[&str]) -> Result<(), LabError> {
     let out = Command::new("ip").args(args).output().map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
-            LabError::Namespace(
-                "`ip` not found: --topology two-hosts needs iproute2 (apt-get install iproute2)"
-                    .into(),
+            LabError::namespace_msg(
+                "`ip` not found: --topology two-hosts needs iproute2 (apt-get install iproute2)",
             )
         } else {
-            LabError::Namespace(format!("running ip {}: {e}", args.join(" ")))
+            LabError::namespace(format!("running ip {}", args.join(" ")), e)
         }
     })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(LabError::Namespace(format!(
+        Err(LabError::namespace_msg(format!(
             "ip {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Stage {
-    /// The policy returned [`Choice::GiveUp`](crate::Choice::GiveUp).
+    /// The policy returned [`Choice::GiveUp`](crate::Choice::GiveUp), or
+    /// chose a source address of the other family than the destination's.
     Policy,
     /// Creating the socket or setting a socket option failed.
     Socket,
