@@ -1277,3 +1277,71 @@ fn netns_root_attach_from_another_namespace_skips_the_targets_reserved_ports() {
         },
     );
 }
+
+/// One shared counter for every process of the cgroup: 8 clients at once
+/// over a 100-port range that wraps 20 times. Every port stays in the range
+/// and none is handed out more than its share (a lost or repeated increment
+/// of the counter would give some port a 21st use).
+#[test]
+fn netns_root_rotation_is_shared_and_even_across_concurrent_processes() {
+    let test = "netns_root_rotation_is_shared_and_even_across_concurrent_processes";
+    if !have_root(test)
+        || !have_tool(test, "python3", "python3")
+        || !have_tool(test, "nginx", "nginx")
+    {
+        return;
+    }
+    in_box("concurrent", &[], |nginx| {
+        let parent = test_cgroup("concurrent-parent");
+        let script = clients_dir().join("churn.py").display().to_string();
+        // One output file per client: concurrent writes to one pipe interleave.
+        let dir = std::env::temp_dir().join(format!("fivetuple-concurrent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let all = format!("for i in 1 2 3 4 5 6 7 8; do python3 {script} 127.0.0.1 8080 250 > {d}/$i.out & done; wait; cat {d}/*.out");
+        let out = fivetuple(&[
+            "run",
+            "--policy",
+            "rotate:20000-20099",
+            "--stats",
+            "--cgroup-parent",
+            parent.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &all,
+        ]);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(out.status.success(), "{}", text(&out));
+        let c = calls(&out.stdout);
+        assert_eq!(c.ports.len() + c.failures, 2000);
+        assert!(
+            c.failures <= 10,
+            "{} failed: {:?}",
+            c.failures,
+            c.first_error
+        );
+        assert!(
+            stats_of(&out.stderr).contains("connects 2000 binds 2000"),
+            "{}",
+            text(&out)
+        );
+        let mut per_port = std::collections::BTreeMap::<u16, usize>::new();
+        for p in &c.ports {
+            *per_port.entry(*p).or_default() += 1;
+        }
+        assert!(
+            per_port.keys().all(|p| (20000..=20099).contains(p)),
+            "{per_port:?}"
+        );
+        assert!(
+            per_port.values().all(|n| *n <= 20),
+            "a port used more than 20 times: {per_port:?}"
+        );
+        assert_eq!(per_port.len(), 100, "every port used");
+        assert!(nginx
+            .seen(c.ports.len())
+            .iter()
+            .all(|(_, p)| (20000..=20099).contains(p)));
+    });
+}
