@@ -1151,7 +1151,8 @@ fn netns_root_repro_attach_remedy_holds_where_naive_fails() {
 
 /// The connect6 program: rotation applies to an IPv6 destination, and a
 /// spread with IPv4 sources only leaves it to the kernel (counted as
-/// no_source), as the library's policy gives up on it.
+/// no_source), as the library's policy gives up on it; a v4-mapped
+/// destination on a dual-stack socket gets an IPv4 source.
 #[test]
 fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_alone() {
     let test = "netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_alone";
@@ -1214,6 +1215,43 @@ fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_al
             "{}",
             text(&out)
         );
+        // A dual-stack IPv6 socket to ::ffff:127.0.0.1 is an IPv4 connect:
+        // it gets an IPv4 source of the spread, as the peer sees.
+        let mapped = "import socket\n\
+            for _ in range(4):\n\
+            \x20s = socket.socket(socket.AF_INET6); s.connect(('::ffff:127.0.0.1', 8080))\n\
+            \x20s.sendall(b'GET / HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n'); s.recv(4096); print(s.getsockname()[0], s.getsockname()[1]); s.close()";
+        let out = fivetuple(&[
+            "run",
+            "--policy",
+            "spread:127.0.0.2-127.0.0.3",
+            "--stats",
+            "--cgroup-parent",
+            &p,
+            "--",
+            "python3",
+            "-c",
+            mapped,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let sources: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        assert_eq!(
+            sources,
+            ["::ffff:127.0.0.2", "::ffff:127.0.0.3"]
+                .map(String::from)
+                .into(),
+            "{}",
+            text(&out)
+        );
+        let seen = nginx.seen(309);
+        let last: std::collections::BTreeSet<&str> = seen[seen.len() - 4..]
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect();
+        assert_eq!(last, ["127.0.0.2", "127.0.0.3"].into(), "nginx saw");
     });
 }
 
