@@ -175,6 +175,23 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Root and each (tool, package) of `tools`; see `have_root` and `have_tool`.
+fn ready(test: &str, tools: &[(&str, &str)]) -> bool {
+    have_root(test)
+        && tools
+            .iter()
+            .all(|(tool, package)| have_tool(test, tool, package))
+}
+
+/// `fivetuple run POLICY_ARGS --stats --cgroup-parent PARENT -- CMD`.
+fn run_in(parent: &str, policy_args: &[&str], cmd: &[&str]) -> Output {
+    let mut args = vec!["run"];
+    args.extend_from_slice(policy_args);
+    args.extend_from_slice(&["--stats", "--cgroup-parent", parent, "--"]);
+    args.extend_from_slice(cmd);
+    fivetuple(&args)
+}
+
 /// A cgroup for this test under the test process's own cgroup; removed (its
 /// processes killed) on drop.
 fn test_cgroup(tag: &str) -> Transient {
@@ -272,7 +289,7 @@ fn unmodified_client_gets_rotation(
 #[test]
 fn netns_root_curl_loop_3000_calls_zero_failures_under_rotate() {
     let test = "netns_root_curl_loop_3000_calls_zero_failures_under_rotate";
-    if !have_root(test) || !have_tool(test, "curl", "curl") || !have_tool(test, "nginx", "nginx") {
+    if !ready(test, &[("curl", "curl"), ("nginx", "nginx")]) {
         return;
     }
     unmodified_client_gets_rotation(
@@ -290,10 +307,7 @@ fn netns_root_curl_loop_3000_calls_zero_failures_under_rotate() {
 #[test]
 fn netns_root_python_http_client_5000_calls_zero_failures_under_rotate() {
     let test = "netns_root_python_http_client_5000_calls_zero_failures_under_rotate";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     let script = clients_dir().join("churn.py");
@@ -345,11 +359,10 @@ fn build_static_go_client() -> PathBuf {
 #[test]
 fn netns_root_static_go_binary_5000_calls_zero_failures_under_rotate() {
     let test = "netns_root_static_go_binary_5000_calls_zero_failures_under_rotate";
-    if !have_root(test)
-        || !have_tool(test, "go", "golang-go")
-        || !have_tool(test, "nginx", "nginx")
-        || !have_tool(test, "file", "file")
-    {
+    if !ready(
+        test,
+        &[("go", "golang-go"), ("nginx", "nginx"), ("file", "file")],
+    ) {
         return;
     }
     let bin = build_static_go_client();
@@ -369,8 +382,7 @@ fn netns_root_static_go_binary_5000_calls_zero_failures_under_rotate() {
 #[test]
 fn netns_root_nodejs_5000_calls_zero_failures_under_rotate() {
     let test = "netns_root_nodejs_5000_calls_zero_failures_under_rotate";
-    if !have_root(test) || !have_tool(test, "node", "nodejs") || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("node", "nodejs"), ("nginx", "nginx")]) {
         return;
     }
     let script = clients_dir().join("churn.js");
@@ -395,10 +407,7 @@ fn netns_root_nodejs_5000_calls_zero_failures_under_rotate() {
 #[test]
 fn netns_root_spread_over_8_sources_multiplies_the_budget_by_8() {
     let test = "netns_root_spread_over_8_sources_multiplies_the_budget_by_8";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     in_box("spread", &[], |nginx| {
@@ -406,20 +415,11 @@ fn netns_root_spread_over_8_sources_multiplies_the_budget_by_8() {
         let script = clients_dir().join("churn.py").display().to_string();
         let n = "1000";
         let run = |spec: &str| {
-            let out = fivetuple(&[
-                "run",
-                "--policy",
-                spec,
-                "--stats",
-                "--cgroup-parent",
+            let out = run_in(
                 parent.path().to_str().unwrap(),
-                "--",
-                "python3",
-                &script,
-                "127.0.0.1",
-                "8080",
-                n,
-            ]);
+                &["--policy", spec],
+                &["python3", &script, "127.0.0.1", "8080", n],
+            );
             assert!(out.status.success(), "{spec}: {}", text(&out));
             calls(&out.stdout)
         };
@@ -552,11 +552,14 @@ impl Drop for Service {
 #[test]
 fn netns_root_attach_changes_a_running_process_ports_and_detach_restores() {
     let test = "netns_root_attach_changes_a_running_process_ports_and_detach_restores";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-        || !have_tool(test, "bpftool", "bpftool")
-    {
+    if !ready(
+        test,
+        &[
+            ("python3", "python3"),
+            ("nginx", "nginx"),
+            ("bpftool", "bpftool"),
+        ],
+    ) {
         return;
     }
     in_box("attach", &[], |nginx| {
@@ -674,7 +677,7 @@ fn fivetuple_programs_loaded() -> Vec<String> {
 #[test]
 fn root_run_leaves_nothing_behind_on_every_exit_path() {
     let test = "root_run_leaves_nothing_behind_on_every_exit_path";
-    if !have_root(test) || !have_tool(test, "bpftool", "bpftool") {
+    if !ready(test, &[("bpftool", "bpftool")]) {
         return;
     }
     let _serial = serial();
@@ -790,7 +793,7 @@ fn root_run_leaves_nothing_behind_on_every_exit_path() {
 #[test]
 fn root_run_unprivileged_is_refused_with_exit_3_naming_the_capabilities() {
     let test = "root_run_unprivileged_is_refused_with_exit_3_naming_the_capabilities";
-    if !have_root(test) || !have_tool(test, "setpriv", "util-linux") {
+    if !ready(test, &[("setpriv", "util-linux")]) {
         return;
     }
     // A copy nobody can execute whatever the permissions on the target dir.
@@ -826,7 +829,7 @@ fn root_run_unprivileged_is_refused_with_exit_3_naming_the_capabilities() {
 #[test]
 fn netns_root_window_is_tried_and_refused_clearly_or_applied() {
     let test = "netns_root_window_is_tried_and_refused_clearly_or_applied";
-    if !have_root(test) || !have_tool(test, "curl", "curl") || !have_tool(test, "nginx", "nginx") {
+    if !ready(test, &[("curl", "curl"), ("nginx", "nginx")]) {
         return;
     }
     in_box("window", &[], |_nginx| {
@@ -913,10 +916,7 @@ fn stats_of(stderr: &[u8]) -> String {
 #[test]
 fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
     let test = "netns_root_only_filter_bound_sockets_and_udp_are_left_alone";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     in_box("left-alone", &[], |_nginx| {
@@ -924,22 +924,11 @@ fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
         let p = parent.path().to_str().unwrap().to_string();
         let script = clients_dir().join("churn.py").display().to_string();
         // The filter names another port: nginx's calls keep the kernel's ports.
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            ROTATE,
-            "--only",
-            "127.0.0.1:9999",
-            "--stats",
-            "--cgroup-parent",
+        let out = run_in(
             &p,
-            "--",
-            "python3",
-            &script,
-            "127.0.0.1",
-            "8080",
-            "20",
-        ]);
+            &["--policy", ROTATE, "--only", "127.0.0.1:9999"],
+            &["python3", &script, "127.0.0.1", "8080", "20"],
+        );
         assert!(out.status.success(), "{}", text(&out));
         let c = calls(&out.stdout);
         assert_eq!(c.ports.len(), 20);
@@ -955,22 +944,11 @@ fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
             text(&out)
         );
         // Inside the filter (network and port), the policy applies.
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            ROTATE,
-            "--only",
-            "127.0.0.0/8:8080",
-            "--stats",
-            "--cgroup-parent",
+        let out = run_in(
             &p,
-            "--",
-            "python3",
-            &script,
-            "127.0.0.1",
-            "8080",
-            "20",
-        ]);
+            &["--policy", ROTATE, "--only", "127.0.0.0/8:8080"],
+            &["python3", &script, "127.0.0.1", "8080", "20"],
+        );
         let c = calls(&out.stdout);
         assert!(
             c.ports.len() == 20 && c.ports.iter().all(|p| ROT.contains(p)),
@@ -981,18 +959,7 @@ fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
         let client = "import http.client, socket\n\
             c = http.client.HTTPConnection('127.0.0.1', 8080, source_address=('127.0.0.1', 0)); c.request('GET', '/'); c.getresponse().read(); print(c.sock.getsockname()[1]); c.close()\n\
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(('127.0.0.1', 8080)); print(u.getsockname()[1])";
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            ROTATE,
-            "--stats",
-            "--cgroup-parent",
-            &p,
-            "--",
-            "python3",
-            "-c",
-            client,
-        ]);
+        let out = run_in(&p, &["--policy", ROTATE], &["python3", "-c", client]);
         assert!(out.status.success(), "{}", text(&out));
         let ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -1019,28 +986,17 @@ fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
 #[test]
 fn netns_root_without_timestamps_rotation_runs_out_like_the_kernel() {
     let test = "netns_root_without_timestamps_rotation_runs_out_like_the_kernel";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     in_box("no-timestamps", &[("tcp_timestamps", "0")], |_nginx| {
         let parent = test_cgroup("no-timestamps-parent");
         let script = clients_dir().join("churn.py").display().to_string();
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            "rotate:20000-20099",
-            "--cgroup-parent",
+        let out = run_in(
             parent.path().to_str().unwrap(),
-            "--",
-            "python3",
-            &script,
-            "127.0.0.1",
-            "8080",
-            "300",
-        ]);
+            &["--policy", "rotate:20000-20099"],
+            &["python3", &script, "127.0.0.1", "8080", "300"],
+        );
         assert!(out.status.success(), "{}", text(&out));
         let c = calls(&out.stdout);
         assert!(
@@ -1100,7 +1056,7 @@ fn root_detach_after_the_cgroup_is_gone_removes_the_pins() {
 #[test]
 fn netns_root_repro_attach_remedy_holds_where_naive_fails() {
     let test = "netns_root_repro_attach_remedy_holds_where_naive_fails";
-    if !have_root(test) || !have_tool(test, "bpftool", "bpftool") {
+    if !ready(test, &[("bpftool", "bpftool")]) {
         return;
     }
     let _serial = serial();
@@ -1156,30 +1112,18 @@ fn netns_root_repro_attach_remedy_holds_where_naive_fails() {
 #[test]
 fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_alone() {
     let test = "netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_alone";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     in_box("ipv6", &[], |nginx| {
         let parent = test_cgroup("ipv6-parent");
         let p = parent.path().to_str().unwrap().to_string();
         let script = clients_dir().join("churn.py").display().to_string();
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            ROTATE,
-            "--stats",
-            "--cgroup-parent",
+        let out = run_in(
             &p,
-            "--",
-            "python3",
-            &script,
-            "::1",
-            "8080",
-            "300",
-        ]);
+            &["--policy", ROTATE],
+            &["python3", &script, "::1", "8080", "300"],
+        );
         assert!(out.status.success(), "{}", text(&out));
         let c = calls(&out.stdout);
         assert_eq!((c.ports.len(), c.failures), (300, 0), "{:?}", c.first_error);
@@ -1190,20 +1134,11 @@ fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_al
             "nginx saw {:?}",
             &seen[..seen.len().min(5)]
         );
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            "spread:127.0.0.2-127.0.0.3",
-            "--stats",
-            "--cgroup-parent",
+        let out = run_in(
             &p,
-            "--",
-            "python3",
-            &script,
-            "::1",
-            "8080",
-            "5",
-        ]);
+            &["--policy", "spread:127.0.0.2-127.0.0.3"],
+            &["python3", &script, "::1", "8080", "5"],
+        );
         let c = calls(&out.stdout);
         assert!(
             c.ports.len() == 5 && c.ports.iter().all(|p| KERNEL_RANGE.contains(p)),
@@ -1221,18 +1156,11 @@ fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_al
             for _ in range(4):\n\
             \x20s = socket.socket(socket.AF_INET6); s.connect(('::ffff:127.0.0.1', 8080))\n\
             \x20s.sendall(b'GET / HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n'); s.recv(4096); print(s.getsockname()[0], s.getsockname()[1]); s.close()";
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            "spread:127.0.0.2-127.0.0.3",
-            "--stats",
-            "--cgroup-parent",
+        let out = run_in(
             &p,
-            "--",
-            "python3",
-            "-c",
-            mapped,
-        ]);
+            &["--policy", "spread:127.0.0.2-127.0.0.3"],
+            &["python3", "-c", mapped],
+        );
         assert!(out.status.success(), "{}", text(&out));
         let sources: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -1262,11 +1190,14 @@ fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_al
 #[test]
 fn netns_root_attach_from_another_namespace_skips_the_targets_reserved_ports() {
     let test = "netns_root_attach_from_another_namespace_skips_the_targets_reserved_ports";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-        || !have_tool(test, "nsenter", "util-linux")
-    {
+    if !ready(
+        test,
+        &[
+            ("python3", "python3"),
+            ("nginx", "nginx"),
+            ("nsenter", "util-linux"),
+        ],
+    ) {
         return;
     }
     let host_netns = format!("/proc/{}/ns/net", std::process::id());
@@ -1323,10 +1254,7 @@ fn netns_root_attach_from_another_namespace_skips_the_targets_reserved_ports() {
 #[test]
 fn netns_root_rotation_is_shared_and_even_across_concurrent_processes() {
     let test = "netns_root_rotation_is_shared_and_even_across_concurrent_processes";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     in_box("concurrent", &[], |nginx| {
@@ -1337,18 +1265,11 @@ fn netns_root_rotation_is_shared_and_even_across_concurrent_processes() {
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
         let all = format!("for i in 1 2 3 4 5 6 7 8; do python3 {script} 127.0.0.1 8080 250 > {d}/$i.out & done; wait; cat {d}/*.out");
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            "rotate:20000-20099",
-            "--stats",
-            "--cgroup-parent",
+        let out = run_in(
             parent.path().to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &all,
-        ]);
+            &["--policy", "rotate:20000-20099"],
+            &["sh", "-c", &all],
+        );
         let _ = std::fs::remove_dir_all(&dir);
         assert!(out.status.success(), "{}", text(&out));
         let c = calls(&out.stdout);
