@@ -659,21 +659,42 @@ fn netns_root_attach_changes_a_running_process_ports_and_detach_restores() {
     });
 }
 
-fn fivetuple_programs_loaded() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool");
-    String::from_utf8_lossy(&out.stdout)
+/// The ids of the BPF programs attached to `cgroup` (`bpftool cgroup show`).
+fn attached_program_ids(cgroup: &Path) -> Vec<u32> {
+    bpftool_cgroup_show(cgroup)
         .lines()
-        .filter(|l| l.contains("fivetuple_conn"))
-        .map(str::to_string)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect()
 }
 
-/// After `run` ends by each path (CMD exits 0 or 1, fivetuple gets SIGTERM
-/// or SIGINT and forwards it, the child is SIGKILLed), no cgroup, program
-/// or attachment remains, and the exit code is CMD's.
+/// The programs of `ids` still in the kernel after up to 10 s: it frees a
+/// program whose last reference went asynchronously (RCU, a workqueue).
+fn programs_left(ids: &[u32]) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ids.iter().any(|id| program_exists(*id)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ids.iter()
+        .copied()
+        .filter(|id| program_exists(*id))
+        .collect()
+}
+
+/// True while the kernel still has the program with this id.
+fn program_exists(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .expect("bpftool")
+        .status
+        .success()
+}
+
+/// After `run` ends by each path (CMD exits 0, 1 or 7, fivetuple gets
+/// SIGTERM or SIGINT and forwards it, the child is SIGKILLed), no cgroup,
+/// attachment or program remains, and the exit code is CMD's. The programs
+/// are identified by the ids attached to the transient cgroup while CMD ran,
+/// so other BPF users on the machine do not matter.
 #[test]
 fn root_run_leaves_nothing_behind_on_every_exit_path() {
     let test = "root_run_leaves_nothing_behind_on_every_exit_path";
@@ -681,11 +702,6 @@ fn root_run_leaves_nothing_behind_on_every_exit_path() {
         return;
     }
     let _serial = serial();
-    assert_eq!(
-        fivetuple_programs_loaded(),
-        Vec::<String>::new(),
-        "fivetuple programs loaded before the test"
-    );
     let parent = test_cgroup("cleanup-parent");
     let subdirs = || -> Vec<PathBuf> {
         std::fs::read_dir(parent.path())
@@ -695,7 +711,7 @@ fn root_run_leaves_nothing_behind_on_every_exit_path() {
             .filter(|p| p.is_dir())
             .collect()
     };
-    let spawn = |cmd: &[&str]| -> Child {
+    let spawn = |cmd: &str| -> Child {
         Command::new(BIN)
             .args([
                 "run",
@@ -704,55 +720,60 @@ fn root_run_leaves_nothing_behind_on_every_exit_path() {
                 "--cgroup-parent",
                 parent.path().to_str().unwrap(),
                 "--",
+                "sh",
+                "-c",
+                cmd,
             ])
-            .args(cmd)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let wait_running = |child: &mut Child| {
-        // The child runs once the transient cgroup has a process and the programs are in.
+    // CMD is running in the transient cgroup with the programs attached:
+    // returns their ids.
+    let wait_running = |child: &mut Child| -> Vec<u32> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let busy = subdirs().iter().any(|d| {
-                std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
-            });
-            if busy && !fivetuple_programs_loaded().is_empty() {
-                return;
+            for d in subdirs() {
+                let busy = std::fs::read_to_string(d.join("cgroup.procs"))
+                    .is_ok_and(|s| !s.trim().is_empty());
+                let ids = attached_program_ids(&d);
+                if busy && ids.len() == 2 {
+                    return ids;
+                }
             }
             assert!(child.try_wait().unwrap().is_none(), "run ended early");
             assert!(Instant::now() < deadline, "run's child never started");
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let mut cases: Vec<(&str, i32)> = Vec::new();
+    // Each CMD sleeps first, so its programs can be seen while it runs.
     for (name, cmd, signal, expected) in [
-        ("exit 0", vec!["true"], None, 0),
-        ("exit 1", vec!["false"], None, 1),
-        ("exit 7", vec!["sh", "-c", "exit 7"], None, 7),
+        ("exit 0", "sleep 1; true", None, 0),
+        ("exit 1", "sleep 1; false", None, 1),
+        ("exit 7", "sleep 1; exit 7", None, 7),
         (
             "SIGTERM to run",
-            vec!["sleep", "30"],
+            "sleep 30",
             Some(libc::SIGTERM),
             128 + libc::SIGTERM,
         ),
         (
             "SIGINT to run",
-            vec!["sleep", "30"],
+            "sleep 30",
             Some(libc::SIGINT),
             128 + libc::SIGINT,
         ),
         (
             "SIGKILL of the child",
-            vec!["sh", "-c", "kill -9 $$"],
+            "sleep 1; kill -9 $$",
             None,
             128 + libc::SIGKILL,
         ),
     ] {
-        let mut child = spawn(&cmd);
+        let mut child = spawn(cmd);
+        let ids = wait_running(&mut child);
         if let Some(sig) = signal {
-            wait_running(&mut child);
             // SAFETY: kill(2) on our own unreaped child.
             unsafe { libc::kill(child.id() as i32, sig) };
         }
@@ -776,17 +797,15 @@ fn root_run_leaves_nothing_behind_on_every_exit_path() {
             "{name}: a cgroup was left"
         );
         assert_eq!(
-            fivetuple_programs_loaded(),
-            Vec::<String>::new(),
-            "{name}: a program was left"
+            programs_left(&ids),
+            Vec::<u32>::new(),
+            "{name}: programs {ids:?} were left"
         );
         assert!(
-            !bpftool_cgroup_show(parent.path()).contains("fivetuple"),
+            attached_program_ids(parent.path()).is_empty(),
             "{name}: an attachment was left"
         );
-        cases.push((name, expected));
     }
-    assert_eq!(cases.len(), 6);
 }
 
 /// Without privileges `run` refuses with exit 3 and names what is missing.
@@ -1034,6 +1053,8 @@ fn root_detach_after_the_cgroup_is_gone_removes_the_pins() {
         root_s,
     ]);
     assert!(out.status.success(), "{}", text(&out));
+    let ids = attached_program_ids(group.path());
+    assert_eq!(ids.len(), 2, "{ids:?}");
     group.remove().unwrap();
     let listed = fivetuple(&["attached", "--pin-root", root_s]);
     assert!(
@@ -1045,9 +1066,9 @@ fn root_detach_after_the_cgroup_is_gone_removes_the_pins() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "pins left");
     assert_eq!(
-        fivetuple_programs_loaded(),
-        Vec::<String>::new(),
-        "a program was left"
+        programs_left(&ids),
+        Vec::<u32>::new(),
+        "programs {ids:?} were left"
     );
 }
 
@@ -1060,18 +1081,25 @@ fn netns_root_repro_attach_remedy_holds_where_naive_fails() {
         return;
     }
     let _serial = serial();
-    let out = fivetuple(&[
-        "repro",
-        "--only",
-        "naive,attach",
-        "--ports",
-        "100",
-        "--rate",
-        "100",
-        "--duration",
-        "3s",
-        "--json",
-    ]);
+    let child = Command::new(BIN)
+        .args([
+            "repro",
+            "--only",
+            "naive,attach",
+            "--ports",
+            "100",
+            "--rate",
+            "100",
+            "--duration",
+            "3s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fivetuple repro");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = |name: &str| {
@@ -1087,20 +1115,14 @@ fn netns_root_repro_attach_remedy_holds_where_naive_fails() {
     assert!(naive["failed"].as_u64().unwrap() > 0, "naive: {naive}");
     assert_eq!(attach["failed"].as_u64(), Some(0), "attach: {attach}");
     assert_eq!(attach["ok"], attach["calls"], "attach: {attach}");
-    assert_eq!(
-        fivetuple_programs_loaded(),
-        Vec::<String>::new(),
-        "a program was left"
-    );
+    // The hook's cgroup (named after repro's pid) is gone, and with it the
+    // attachment: repro's process, which held the programs, has exited.
     let home = own_cgroup().unwrap();
+    let prefix = format!("fivetuple-repro-{}-", pid);
     let left: Vec<_> = std::fs::read_dir(&home)
         .unwrap()
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("fivetuple-repro-")
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .collect();
     assert!(left.is_empty(), "repro left cgroups: {left:?}");
 }
