@@ -828,3 +828,183 @@ fn netns_root_prometheus_scrapes_over_tls_with_basic_auth() {
         assert_eq!(value_of(&up_nopw[0]), 0.0, "scraped without basic auth");
     });
 }
+
+/// Runs `ip ARGS`, asserting success.
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// In /run/netns/NAME: lo up, a listener on 127.0.0.1:`port` and `n`
+/// ESTABLISHED connections to it from `src`. The sockets keep working from
+/// any thread once made.
+fn populate(name: &str, port: u16, src: [u8; 4], n: usize) -> (TcpListener, Vec<TcpStream>) {
+    let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns moves only this thread; the fd is open.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            ip(&["link", "set", "lo", "up"]);
+            let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let mut keep = Vec::new();
+            for _ in 0..n {
+                keep.push(connect_from(src, l.local_addr().unwrap()));
+                keep.push(l.accept().unwrap().0);
+            }
+            (l, keep)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+fn collector_success(body: &str) -> Vec<Option<f64>> {
+    ["settings", "destinations", "counters"]
+        .iter()
+        .map(|c| {
+            sample(
+                body,
+                &format!("fivetuple_scrape_collector_success{{collector=\"{c}\"}}"),
+            )
+        })
+        .collect()
+}
+
+/// Stops the exporter and returns what it logged.
+fn stderr_of(mut e: Reaper) -> String {
+    let _ = e.0.kill();
+    let _ = e.0.wait();
+    let mut err = String::new();
+    let _ = e.0.stderr.take().unwrap().read_to_string(&mut err);
+    err
+}
+
+#[test]
+fn netns_root_a_recreated_netns_is_followed_and_a_gone_one_fails() {
+    let test = "netns_root_a_recreated_netns_is_followed_and_a_gone_one_fails";
+    if !have_root(test) {
+        return;
+    }
+    let name = format!("ft-follow-{}", std::process::id());
+    struct DelNetns(String);
+    impl Drop for DelNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _del = DelNetns(name.clone());
+    ip(&["netns", "add", &name]);
+    let first = populate(&name, 7070, [127, 0, 0, 3], 25);
+    let (e, addr) = start_exporter(&["--netns", &name], |_| {});
+    let est = |port: u16| {
+        format!("fivetuple_destination_sockets{{local_ip=\"127.0.0.3\",remote_ip=\"127.0.0.1\",remote_port=\"{port}\",state=\"ESTABLISHED\"}}")
+    };
+    let r = get(addr, "/metrics");
+    assert_eq!(sample(&r.body, &est(7070)), Some(25.0), "{}", r.body);
+
+    // Same name, new namespace: the exporter must read the new one.
+    ip(&["netns", "delete", &name]);
+    ip(&["netns", "add", &name]);
+    let second = populate(&name, 7071, [127, 0, 0, 3], 10);
+    let r = get(addr, "/metrics");
+    assert_eq!(sample(&r.body, &est(7071)), Some(10.0), "{}", r.body);
+    assert_eq!(
+        sample(&r.body, &est(7070)),
+        None,
+        "still the old namespace:\n{}",
+        r.body
+    );
+    assert_eq!(collector_success(&r.body), vec![Some(1.0); 3]);
+
+    // Name gone: every collector fails, no stale destination is served.
+    ip(&["netns", "delete", &name]);
+    let r = get(addr, "/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(collector_success(&r.body), vec![Some(0.0); 3], "{}", r.body);
+    assert!(!r.body.contains("fivetuple_destination_"), "{}", r.body);
+    let err = stderr_of(e);
+    assert!(err.contains("network namespace is now net:["), "{err}");
+    assert!(
+        err.contains(&format!("no network namespace named \"{name}\"")),
+        "{err}"
+    );
+    drop((first, second));
+
+    // --pid: a process in a namespace of its own, then gone.
+    let mut sleeper = Command::new("unshare")
+        .args(["--net", "sleep", "60"])
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let pid = sleeper.id();
+    // Bounded wait for unshare to exec sleep inside the new namespace.
+    let me = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .as_ref()
+        == Some(&me)
+    {
+        assert!(Instant::now() < deadline, "unshare never moved");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (e, addr) = start_exporter(&["--pid", &pid.to_string()], |_| {});
+    let r = get(addr, "/metrics");
+    assert_eq!(collector_success(&r.body), vec![Some(1.0); 3], "{}", r.body);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let r = get(addr, "/metrics");
+    assert_eq!(collector_success(&r.body), vec![Some(0.0); 3], "{}", r.body);
+    assert!(!r.body.contains("fivetuple_usable_ports"), "{}", r.body);
+    let err = stderr_of(e);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("the process has exited"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stdout_closed_or_full_exits_3_naming_stdout() {
+    // Closed: the read end of the pipe is gone before the exporter writes.
+    let (r, w) = std::io::pipe().unwrap();
+    drop(r);
+    let out = Command::new(BIN)
+        .args(["exporter", "--listen", "127.0.0.1:0"])
+        .stdout(w)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot write to stdout"), "{err}");
+    assert!(err.contains("not serving"), "{err}");
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for args in [
+        &["exporter", "--listen", "127.0.0.1:0"][..],
+        &["doctor"][..],
+        &["doctor", "--json"][..],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .stdout(full())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot write to stdout: No space left on device"),
+            "{args:?}: {err}"
+        );
+    }
+}
