@@ -171,6 +171,65 @@ fn value_of(series: &Value) -> f64 {
     series["value"][1].as_str().unwrap().parse().unwrap()
 }
 
+/// A Prometheus server on 127.0.0.1:9090 (callers are in a fresh netns)
+/// scraping every second with `scrape_configs` (YAML, indented as a list
+/// under that key), its data and log in `dir`.
+struct Prometheus {
+    _child: Reaper,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, scrape_configs: &str) -> Prometheus {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"),
+        )
+        .unwrap();
+        let addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let log = dir.join("prometheus.log");
+        let child = Reaper(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("run prometheus"),
+        );
+        Prometheus {
+            _child: child,
+            addr,
+            log,
+        }
+    }
+
+    /// Polls every query (bounded: 40 s) until each has a result; returns
+    /// the last results, and the server's log for failure messages.
+    fn wait_for(&self, queries: &[&str]) -> (Vec<Vec<Value>>, String) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut results = vec![Vec::new(); queries.len()];
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            if TcpStream::connect(self.addr).is_err() {
+                continue;
+            }
+            results = queries.iter().map(|q| query(self.addr, q)).collect();
+            if results.iter().all(|r| !r.is_empty()) {
+                break;
+            }
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        (results, log)
+    }
+}
+
 #[test]
 fn netns_root_prometheus_scrapes_known_traffic() {
     let test = "netns_root_prometheus_scrapes_known_traffic";
@@ -196,47 +255,15 @@ fn netns_root_prometheus_scrapes_known_traffic() {
 
         let (_exporter, exp) = start_exporter(&["--listen", "127.0.0.1:19299"], |_| {});
         assert_eq!(exp.port(), 19299);
-        let config = dir.0.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fivetuple\n    static_configs:\n      - targets: ['{exp}']\n"
-            ),
-        )
-        .unwrap();
-        let prom_addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
-        let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
-        let _prom = Reaper(
-            Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.0.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={prom_addr}"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("run prometheus"),
+        let prom = Prometheus::start(
+            &dir.0,
+            &format!("  - job_name: fivetuple\n    static_configs:\n      - targets: ['{exp}']\n"),
         );
-
-        // Bounded wait: Prometheus starts, scrapes every second.
-        let deadline = Instant::now() + Duration::from_secs(40);
-        let mut util = Vec::new();
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            if TcpStream::connect(prom_addr).is_err() {
-                continue;
-            }
-            util = query(
-                prom_addr,
-                "fivetuple_destination_utilization_ratio{job=\"fivetuple\",remote_port=\"8080\"}",
-            );
-            if !util.is_empty() {
-                break;
-            }
-        }
-        let log = std::fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+        let prom_addr = prom.addr;
+        let (mut r, log) = prom.wait_for(&[
+            "fivetuple_destination_utilization_ratio{job=\"fivetuple\",remote_port=\"8080\"}",
+        ]);
+        let util = r.remove(0);
         assert_eq!(
             util.len(),
             1,
@@ -775,46 +802,19 @@ fn netns_root_prometheus_scrapes_over_tls_with_basic_auth() {
         let web = dir.0.join("web.yml");
         let (_e, exp) = start_exporter(&["--web.config.file", web.to_str().unwrap()], |_| {});
         let d = dir.0.display();
-        let config = dir.0.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fivetuple\n    scheme: https\n    tls_config:\n      ca_file: {d}/ca.crt\n      cert_file: {d}/client.crt\n      key_file: {d}/client.key\n    basic_auth:\n      username: prom\n      password: s3cret\n    static_configs:\n      - targets: ['{exp}']\n  - job_name: nopassword\n    scheme: https\n    tls_config:\n      ca_file: {d}/ca.crt\n      cert_file: {d}/client.crt\n      key_file: {d}/client.key\n    static_configs:\n      - targets: ['{exp}']\n"
+        let tls = format!("    scheme: https\n    tls_config:\n      ca_file: {d}/ca.crt\n      cert_file: {d}/client.crt\n      key_file: {d}/client.key\n");
+        let prom = Prometheus::start(
+            &dir.0,
+            &format!(
+                "  - job_name: fivetuple\n{tls}    basic_auth:\n      username: prom\n      password: s3cret\n    static_configs:\n      - targets: ['{exp}']\n  - job_name: nopassword\n{tls}    static_configs:\n      - targets: ['{exp}']\n"
             ),
-        )
-        .unwrap();
-        let prom_addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
-        let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
-        let _prom = Reaper(
-            Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.0.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={prom_addr}"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("run prometheus"),
         );
-        let deadline = Instant::now() + Duration::from_secs(40);
-        let (mut ok, mut up_nopw) = (Vec::new(), Vec::new());
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            if TcpStream::connect(prom_addr).is_err() {
-                continue;
-            }
-            ok = query(
-                prom_addr,
-                "fivetuple_scrape_collector_success{job=\"fivetuple\",collector=\"destinations\"}",
-            );
-            up_nopw = query(prom_addr, "up{job=\"nopassword\"}");
-            if !ok.is_empty() && !up_nopw.is_empty() {
-                break;
-            }
-        }
-        let log = std::fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+        let prom_addr = prom.addr;
+        let (mut r, log) = prom.wait_for(&[
+            "fivetuple_scrape_collector_success{job=\"fivetuple\",collector=\"destinations\"}",
+            "up{job=\"nopassword\"}",
+        ]);
+        let (ok, up_nopw) = (r.remove(0), r.remove(0));
         assert_eq!(
             ok.len(),
             1,
