@@ -430,33 +430,22 @@ fn netns_root_runs_without_root_and_watches_a_named_netns() {
         }
     }
     let _del = DelNetns(name.clone());
-    let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-    let keep = std::thread::scope(|s| {
-        s.spawn(|| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns moves only this thread; the fd is open.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            assert!(Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .unwrap()
-                .success());
-            let l = TcpListener::bind("127.0.0.1:7070").unwrap();
-            let mut keep = Vec::new();
-            for _ in 0..25 {
-                keep.push(connect_from(
-                    [127, 0, 0, 3],
-                    "127.0.0.1:7070".parse().unwrap(),
-                ));
-                keep.push(l.accept().unwrap().0);
-            }
-            (l, keep)
-        })
-        .join()
-        .unwrap()
+    let keep = fivetuple_testkit::in_netns(format!("/run/netns/{name}"), || {
+        assert!(Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success());
+        let l = TcpListener::bind("127.0.0.1:7070").unwrap();
+        let mut keep = Vec::new();
+        for _ in 0..25 {
+            keep.push(connect_from(
+                [127, 0, 0, 3],
+                "127.0.0.1:7070".parse().unwrap(),
+            ));
+            keep.push(l.accept().unwrap().0);
+        }
+        (l, keep)
     });
     let (_e2, addr) = start_exporter(&["--netns", &name], |_| {});
     let r = get(addr, "/metrics");
@@ -839,26 +828,15 @@ fn ip(args: &[&str]) {
 /// ESTABLISHED connections to it from `src`. The sockets keep working from
 /// any thread once made.
 fn populate(name: &str, port: u16, src: [u8; 4], n: usize) -> (TcpListener, Vec<TcpStream>) {
-    let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns moves only this thread; the fd is open.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            ip(&["link", "set", "lo", "up"]);
-            let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
-            let mut keep = Vec::new();
-            for _ in 0..n {
-                keep.push(connect_from(src, l.local_addr().unwrap()));
-                keep.push(l.accept().unwrap().0);
-            }
-            (l, keep)
-        })
-        .join()
-        .unwrap()
+    fivetuple_testkit::in_netns(format!("/run/netns/{name}"), || {
+        ip(&["link", "set", "lo", "up"]);
+        let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let mut keep = Vec::new();
+        for _ in 0..n {
+            keep.push(connect_from(src, l.local_addr().unwrap()));
+            keep.push(l.accept().unwrap().0);
+        }
+        (l, keep)
     })
 }
 

@@ -8,7 +8,6 @@ mod support;
 use support::*;
 
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,19 +31,7 @@ impl NamedNetns {
 
     /// Runs `f` on a thread that has entered the namespace.
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: setns moves only this thread; the fd is open.
-                assert_eq!(
-                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                    0
-                );
-                f()
-            })
-            .join()
-            .unwrap()
-        })
+        fivetuple_testkit::in_netns(format!("/run/netns/{}", self.0), f)
     }
 }
 

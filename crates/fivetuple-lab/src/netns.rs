@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::process::Command;
 use std::thread;
@@ -172,11 +173,15 @@ pub fn join_box<T>(handle: thread::JoinHandle<Result<T, LabError>>) -> Result<T,
 
 /// Sets `IFF_UP` on `lo` in the calling thread's namespace (`SIOCSIFFLAGS`).
 fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket(2) call; the fd is closed below on every path.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
+    // SAFETY: plain socket(2) call.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `raw` is a new socket nothing else owns; the OwnedFd closes it
+    // once, on every path.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let fd = sock.as_raw_fd();
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
@@ -196,8 +201,7 @@ fn loopback_up() -> io::Result<()> {
             }
         }
     };
-    // SAFETY: fd was returned by socket() above and is closed once.
-    unsafe { libc::close(fd) };
+    drop(sock);
     result
 }
 

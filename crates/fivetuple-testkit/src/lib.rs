@@ -83,6 +83,35 @@ pub fn in_fresh_netns<T: Send>(sysctls: &[(&str, &str)], f: impl FnOnce() -> T +
     })
 }
 
+/// Runs `f` on a new thread that has entered the existing network namespace
+/// at `path` (`/run/netns/NAME` or `/proc/PID/ns/net`) with `setns()`, and
+/// returns its result; the calling thread stays where it is (membership is
+/// per thread, DESIGN §5). Panics naming the path when the namespace cannot
+/// be opened or entered; a panic in `f` is propagated.
+pub fn in_netns<T: Send>(path: impl AsRef<std::path::Path>, f: impl FnOnce() -> T + Send) -> T {
+    let path = path.as_ref();
+    let ns = std::fs::File::open(path)
+        .unwrap_or_else(|e| panic!("open the namespace {}: {e}", path.display()));
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| {
+            // SAFETY: `ns` is an open nsfs file for the whole call; setns
+            // changes only this thread's namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns({}): {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+            f()
+        });
+        handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// Writes `net.ipv4.NAME` in the calling thread's namespace (`/proc/sys` is
 /// resolved against the opening thread) and reads it back, so a value the
 /// kernel did not take fails here.
