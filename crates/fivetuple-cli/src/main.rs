@@ -8,6 +8,11 @@
 //! `exporter` exits 0 on SIGINT/SIGTERM. `top` exits 0 on q and 2 when
 //! stdout is not a terminal.
 //! A broken pipe (e.g. `fivetuple doctor | head`) exits quietly.
+//!
+//! What this crate owns: arguments, output formats (text, `--json`,
+//! metrics, the terminal view) and exit codes. It computes no kernel fact or
+//! budget itself: those come from `fivetuple-kernel` through
+//! `fivetuple-scan`, the lab and the BPF crate (docs/architecture.md).
 
 use std::io::{self, Write};
 use std::process::ExitCode;

@@ -18,6 +18,14 @@
 //! }
 //! # Ok::<(), fivetuple_scan::ScanError>(())
 //! ```
+//!
+//! What this crate owns: reading the socket table, the counters and the
+//! namespaces, and the occupancy model ([`model`]: grouping, direction,
+//! per-destination budget, findings and advice). The kernel facts
+//! (settings and their parsers, TIME_WAIT length, when `tcp_tw_reuse`
+//! applies, the budget arithmetic) come from `fivetuple-kernel`; this crate
+//! does not open client connections, and it formats nothing for a terminal
+//! or Prometheus (the `fivetuple` binary does).
 #![deny(missing_docs)]
 
 mod error;

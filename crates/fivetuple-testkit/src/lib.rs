@@ -3,6 +3,11 @@
 //! fresh network namespace per test, the root and tool checks (skip with a
 //! message outside CI, fail under `CI`), per-namespace sysctls, `ss` counts
 //! and sockets with a chosen source address. Linux only; not published.
+//!
+//! What this crate owns: helpers that tests share (entering a fresh or a
+//! named namespace, root and tool checks, sysctls through
+//! `fivetuple-kernel`, `ss` counts, hostile clients). Nothing shipped
+//! depends on it; it holds no product logic.
 #![deny(missing_docs)]
 
 pub mod hostile;
