@@ -30,10 +30,12 @@
 
 mod error;
 pub mod history;
+pub mod identity;
 pub mod model;
 #[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod netns;
+pub mod node;
 pub mod procfs;
 pub mod procs;
 pub mod settings;
