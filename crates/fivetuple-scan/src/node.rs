@@ -12,7 +12,7 @@
 //! A namespace can vanish between discovery and its scan (a pod deleted);
 //! it is then reported in [`NodeScan::vanished`], not as an error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -24,8 +24,10 @@ use serde::Serialize;
 
 use crate::error::ScanError;
 use crate::identity::{self, Identity};
-use crate::model::Snapshot;
+use crate::model::{self, Analysis, Snapshot, Thresholds};
 use crate::netns::{self, Target};
+use crate::procs;
+use crate::settings::{Counters, Settings};
 use crate::Reader;
 
 /// A process in a namespace.
@@ -347,6 +349,108 @@ where
         }
     }
     out
+}
+
+/// The worker count [`scan_all`] callers use by default: the machine's
+/// parallelism, at most 4. The kernel's dumps of different namespaces run
+/// in parallel, and more workers than cores did not help (docs/BENCHMARKS.md).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+/// How [`analyze_node`] scans.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// The socket-table reader.
+    pub reader: Reader,
+    /// Namespaces scanned at a time (at least 1).
+    pub workers: usize,
+    /// Time between the two scans that measure rates; zero for one scan.
+    pub interval: std::time::Duration,
+    /// Warning and critical thresholds.
+    pub thresholds: Thresholds,
+    /// Attribute sockets to processes (one pass over `/proc/*/fd` for the node).
+    pub processes: bool,
+}
+
+/// One namespace, scanned and analysed.
+#[derive(Debug, Clone)]
+pub struct NamespaceReport {
+    /// The namespace and its identity.
+    pub netns: Netns,
+    /// Its settings.
+    pub settings: Settings,
+    /// Its counters.
+    pub counters: Counters,
+    /// Its analysis.
+    pub analysis: Analysis,
+}
+
+impl NamespaceReport {
+    /// The highest utilization among its destinations (0 with none).
+    pub fn worst_utilization(&self) -> f64 {
+        self.analysis
+            .destinations
+            .iter()
+            .map(|d| d.utilization)
+            .fold(0.0, f64::max)
+    }
+}
+
+/// Scans every namespace in `namespaces` (twice, `interval` apart, for
+/// rates), attributes sockets to processes once for the whole node, and
+/// analyses each namespace. A namespace that vanished before its second
+/// scan is in `vanished`; one that appeared between the scans is analysed
+/// without rates. Reports keep discovery order; sort them as needed.
+pub fn analyze_node(namespaces: Vec<Netns>, opts: &NodeOptions) -> NodeScan<NamespaceReport> {
+    let before: HashMap<u64, Snapshot> = if opts.interval.is_zero() {
+        HashMap::new()
+    } else {
+        let first = scan_all(namespaces.clone(), opts.reader, opts.workers, |_, s| s);
+        std::thread::sleep(opts.interval);
+        first
+            .scanned
+            .into_iter()
+            .map(|(ns, s)| (ns.inode, s))
+            .collect()
+    };
+    let now = scan_all(namespaces, opts.reader, opts.workers, |_, s| s);
+    let owners = opts.processes.then(|| {
+        let mut wanted = HashSet::new();
+        for (_, snap) in &now.scanned {
+            let directions = model::Directions::new(&snap.sockets, &snap.settings);
+            wanted.extend(
+                snap.sockets
+                    .iter()
+                    .filter(|s| s.inode != 0 && directions.is_outbound(s))
+                    .map(|s| s.inode),
+            );
+        }
+        procs::find_owners(&wanted)
+    });
+    let scanned = now
+        .scanned
+        .into_iter()
+        .map(|(netns, snap)| {
+            let base = before.get(&netns.inode).map(|b| (b, opts.interval));
+            let analysis = model::analyze(base, &snap, owners.as_ref(), opts.thresholds);
+            let report = NamespaceReport {
+                netns: netns.clone(),
+                settings: snap.settings,
+                counters: snap.counters,
+                analysis,
+            };
+            (netns, report)
+        })
+        .collect();
+    NodeScan {
+        scanned,
+        vanished: now.vanished,
+        failed: now.failed,
+    }
 }
 
 /// A capability that `--all-netns` needs and the process lacks.

@@ -475,6 +475,56 @@ fn node_root_pods_are_discovered_with_identity_and_scanned_like_ss() {
     assert_eq!(SocketAddr::new(d.remote_ip, d.remote_port), service);
     assert_eq!((d.in_use, d.capacity), (95, 100));
     assert_eq!(d.severity, fivetuple_scan::Severity::Critical);
+
+    // The node analysis: two scans for rates, owners found once for the node.
+    let again: Vec<Netns> = node::discover()
+        .expect("discover")
+        .namespaces
+        .into_iter()
+        .filter(|n| node.pods.iter().any(|p| p.inode == n.inode))
+        .collect();
+    let opts = node::NodeOptions {
+        reader: Reader::Auto,
+        workers: 2,
+        interval: Duration::from_millis(200),
+        thresholds: Thresholds::default(),
+        processes: true,
+    };
+    let reports = node::analyze_node(again, &opts);
+    assert!(reports.failed.is_empty() && reports.vanished.is_empty());
+    assert_eq!(reports.scanned.len(), PODS - 1);
+    let me = std::process::id();
+    for (ns, r) in &reports.scanned {
+        let pod = node.pods.iter().find(|p| p.inode == ns.inode).unwrap();
+        let db = r
+            .analysis
+            .destinations
+            .iter()
+            .find(|d| SocketAddr::new(d.remote_ip, d.remote_port) == database)
+            .unwrap_or_else(|| panic!("{}: no destination {database}", pod.name));
+        // The test process holds the ESTABLISHED client sockets.
+        assert_eq!(
+            db.processes
+                .iter()
+                .map(|p| (p.pid, p.sockets))
+                .collect::<Vec<_>>(),
+            [(me, pod.established as u32)],
+            "{}",
+            pod.name
+        );
+        assert_eq!(db.rate_per_s, Some(0.0), "{}: no new connections", pod.name);
+        let worst = if pod.name.ends_with("-3") {
+            0.95
+        } else {
+            pod.time_wait as f64 / (pod.range.1 - pod.range.0 + 1) as f64
+        };
+        assert!(
+            (r.worst_utilization() - worst).abs() < 1e-9,
+            "{}: {}",
+            pod.name,
+            r.worst_utilization()
+        );
+    }
     assert!(
         started.elapsed() < Duration::from_secs(55),
         "the test took {:?}: the first pods' TIME_WAIT (60 s) may have expired",
