@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod hostile;
+pub mod pods;
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
