@@ -7,6 +7,8 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
 
+mod node;
+
 use crate::table_args::{TableArgs, ThresholdArgs};
 use anyhow::{Context, Result};
 use fivetuple_scan::model::{self, Analysis, Destination, Severity, Snapshot, Thresholds};
@@ -48,6 +50,7 @@ pub struct Args {
 #[derive(Debug, Clone)]
 struct Config {
     json: bool,
+    all_netns: bool,
     target: Target,
     top: usize,
     thresholds: Thresholds,
@@ -60,11 +63,15 @@ impl Config {
     fn resolve(args: Args) -> Result<Config> {
         let thresholds = args.thresholds.thresholds()?;
         let target = args.table.target();
+        if args.table.all_netns {
+            args.table.check_all_netns()?;
+        }
         // Open the namespace now so a bad --netns/--pid fails before any scan.
         netns::open(&target)?;
         let reader = args.table.reader();
         Ok(Config {
             json: args.json,
+            all_netns: args.table.all_netns,
             target,
             top: args.top,
             thresholds,
@@ -107,6 +114,9 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 /// Runs `doctor` and returns the exit code.
 pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     let cfg = Config::resolve(args)?;
+    if cfg.all_netns {
+        return node::run(&cfg, out);
+    }
     let (reader, interval) = (cfg.reader, cfg.interval);
     let scans = netns::run_in(&cfg.target, move || -> Result<_, ScanError> {
         if interval.is_zero() {
@@ -139,7 +149,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     );
     let code = exit_code(analysis.status);
     if cfg.json {
-        write_json(out, &cfg, &now, &analysis, code)?;
+        write_json(out, &cfg, &now, &analysis)?;
     } else {
         write_report(out, &cfg, &now, &analysis, code)?;
     }
@@ -165,12 +175,20 @@ fn shown<'a>(cfg: &Config, a: &'a Analysis) -> &'a [Destination] {
 #[derive(Serialize)]
 struct JsonDoc<'a> {
     schema_version: u32,
-    status: Severity,
-    exit_code: u8,
     namespace: String,
-    source: fivetuple_scan::Source,
     interval_s: f64,
     thresholds: JsonThresholds,
+    #[serde(flatten)]
+    body: JsonBody<'a>,
+}
+
+/// What the document says about one namespace (the top level of a
+/// one-namespace document; each entry of `namespaces` with `--all-netns`).
+#[derive(Serialize)]
+struct JsonBody<'a> {
+    status: Severity,
+    exit_code: u8,
+    source: fivetuple_scan::Source,
     settings: JsonSettings<'a>,
     counters: JsonCounters<'a>,
     totals: &'a model::Totals,
@@ -178,6 +196,45 @@ struct JsonDoc<'a> {
     destinations: &'a [Destination],
     findings: &'a [model::Finding],
     notes: &'a [String],
+}
+
+impl<'a> JsonBody<'a> {
+    fn new(
+        cfg: &Config,
+        settings: &'a Settings,
+        counters: &'a fivetuple_scan::Counters,
+        a: &'a Analysis,
+    ) -> JsonBody<'a> {
+        JsonBody {
+            status: a.status,
+            exit_code: exit_code(a.status),
+            source: a.source,
+            settings: JsonSettings {
+                settings,
+                usable_ports: a.totals.usable_ports,
+            },
+            counters: JsonCounters {
+                counters,
+                active_opens_per_s: a.active_opens_per_s,
+            },
+            totals: &a.totals,
+            destinations_total: a.destinations.len(),
+            destinations: shown(cfg, a),
+            findings: &a.findings,
+            notes: &a.notes,
+        }
+    }
+}
+
+impl JsonThresholds {
+    fn new(t: &Thresholds) -> JsonThresholds {
+        JsonThresholds {
+            warn_pct: t.warn_pct,
+            crit_pct: t.crit_pct,
+            warn_seconds: t.warn_seconds,
+            crit_seconds: t.crit_seconds,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -202,39 +259,13 @@ struct JsonCounters<'a> {
     active_opens_per_s: Option<f64>,
 }
 
-fn write_json(
-    out: &mut dyn Write,
-    cfg: &Config,
-    now: &Snapshot,
-    a: &Analysis,
-    code: u8,
-) -> Result<()> {
+fn write_json(out: &mut dyn Write, cfg: &Config, now: &Snapshot, a: &Analysis) -> Result<()> {
     let doc = JsonDoc {
         schema_version: SCHEMA_VERSION,
-        status: a.status,
-        exit_code: code,
         namespace: cfg.target.to_string(),
-        source: a.source,
         interval_s: cfg.interval.as_secs_f64(),
-        thresholds: JsonThresholds {
-            warn_pct: cfg.thresholds.warn_pct,
-            crit_pct: cfg.thresholds.crit_pct,
-            warn_seconds: cfg.thresholds.warn_seconds,
-            crit_seconds: cfg.thresholds.crit_seconds,
-        },
-        settings: JsonSettings {
-            settings: &now.settings,
-            usable_ports: a.totals.usable_ports,
-        },
-        counters: JsonCounters {
-            counters: &now.counters,
-            active_opens_per_s: a.active_opens_per_s,
-        },
-        totals: &a.totals,
-        destinations_total: a.destinations.len(),
-        destinations: shown(cfg, a),
-        findings: &a.findings,
-        notes: &a.notes,
+        thresholds: JsonThresholds::new(&cfg.thresholds),
+        body: JsonBody::new(cfg, &now.settings, &now.counters, a),
     };
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;
@@ -245,6 +276,14 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "n/a".to_string(), |v| v.to_string())
 }
 
+fn rate_note(cfg: &Config) -> String {
+    if cfg.interval.is_zero() {
+        "one scan, no rate (--interval 0)".to_string()
+    } else {
+        format!("rate over {} s", cfg.interval.as_secs_f64())
+    }
+}
+
 fn write_report(
     out: &mut dyn Write,
     cfg: &Config,
@@ -252,18 +291,28 @@ fn write_report(
     a: &Analysis,
     code: u8,
 ) -> Result<()> {
-    let s = &now.settings;
-    let t = &a.totals;
-    let rate = if cfg.interval.is_zero() {
-        "one scan, no rate (--interval 0)".to_string()
-    } else {
-        format!("rate over {} s", cfg.interval.as_secs_f64())
-    };
     writeln!(
         out,
-        "fivetuple doctor: namespace {}, socket table from {} ({} sockets), {rate}",
-        cfg.target, a.source, t.sockets
+        "fivetuple doctor: namespace {}, socket table from {} ({} sockets), {}",
+        cfg.target,
+        a.source,
+        a.totals.sockets,
+        rate_note(cfg)
     )?;
+    write_namespace(out, cfg, &now.settings, &now.counters, a)?;
+    writeln!(out, "\nStatus: {} (exit {code})", severity_name(a.status))?;
+    Ok(())
+}
+
+/// Settings, sockets, destinations, findings and notes of one namespace.
+fn write_namespace(
+    out: &mut dyn Write,
+    cfg: &Config,
+    s: &Settings,
+    c: &fivetuple_scan::Counters,
+    a: &Analysis,
+) -> Result<()> {
+    let t = &a.totals;
     writeln!(out, "\nSettings")?;
     let (lo, hi) = s.ip_local_port_range.bounds();
     let reserved = if s.ip_local_reserved_ports.is_empty() {
@@ -322,7 +371,6 @@ fn write_report(
     for (k, v, m) in rows {
         writeln!(out, "  {k:<34} {v:<12} {m}")?;
     }
-    let c = &now.counters;
     writeln!(
         out,
         "  counters: ActiveOpens {}{}, TcpExt TW {}, TWRecycled {}, TCPTimeWaitOverflow {}, sockstat tw {}",
@@ -440,7 +488,6 @@ fn write_report(
             writeln!(out, "  {n}")?;
         }
     }
-    writeln!(out, "\nStatus: {} (exit {code})", severity_name(a.status))?;
     Ok(())
 }
 

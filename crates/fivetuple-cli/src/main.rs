@@ -118,6 +118,19 @@ fn stdout_error(e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot write to stdout: {e}"))
 }
 
+/// An error and its sources, `: `-separated, as `{:#}` prints an `anyhow`
+/// chain; for errors that are reported but not returned.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
         let kind = c
