@@ -192,3 +192,33 @@ fn containerfile_builds_this_binary_with_the_daemonset_arguments() {
         "builder image is Rust {rv}"
     );
 }
+
+#[test]
+fn the_documented_pod_join_is_the_one_promtool_tests() {
+    let test = read("deploy/prometheus/pod-join.test.yml");
+    let doc: Value = serde_yaml_ng::from_str(&test).expect("pod-join.test.yml is YAML");
+    let expr = doc["tests"][0]["promql_expr_test"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .trim_end();
+    let docs = read("docs/exporter.md");
+    assert!(
+        docs.contains(&format!("```promql\n{expr}\n```")),
+        "docs/exporter.md shows the tested join:\n{expr}"
+    );
+    let name = "the_documented_pod_join_is_the_one_promtool_tests";
+    if !have_tool(name, "promtool", "prometheus") {
+        return;
+    }
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(repo("deploy/prometheus/pod-join.test.yml"))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -9,7 +9,7 @@
 //! exporter, `fivetuple_netns_sockets{state}`, the port range, and
 //! `fivetuple_netns_info` with the rest of the identity. Their number is
 //! bounded by the namespaces on the node, which the kubelet caps through
-//! its pod limit (110 by default): at most 26 series per namespace
+//! its pod limit (110 by default): at most 24 series per namespace
 //! (docs/exporter.md states the whole bound).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
