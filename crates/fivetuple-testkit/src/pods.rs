@@ -264,7 +264,8 @@ impl Node {
             .prefix
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        let uid = format!("{me:08x}-{:04x}-4000-8000-{i:012x}", tag & 0xffff);
+        // The pod number leads, so short forms (the first 8 digits) differ too.
+        let uid = format!("{i:02x}{me:06x}-{:04x}-4000-8000-{me:012x}", tag & 0xffff);
         let container_id = format!("{:032x}{:016x}{:016x}", tag, me, i);
         let shape = [
             Shape::SystemdContainerdBurstable,
