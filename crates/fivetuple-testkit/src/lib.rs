@@ -215,3 +215,22 @@ pub fn make_time_wait(listener: &TcpListener, n: usize) {
         );
     }
 }
+
+/// A TCP socket bound to `addr` (port 0: the kernel picks) that neither
+/// listens nor connects, with the address it got: a port held by `bind()`.
+pub fn bind_only(addr: SocketAddr) -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    s.bind(&addr.into())
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let local = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("a bound socket has an address");
+    (s, local)
+}
