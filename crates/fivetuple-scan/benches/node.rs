@@ -5,7 +5,7 @@
 //! each, like a pod's sandbox) with 500 loopback sockets in each: 2
 //! listeners, 9 ESTABLISHED pairs and 480 TIME_WAIT, 100k sockets in all.
 //! Then times, side by side: the full scan (`node::discover` +
-//! `node::scan_all` with `model::analyze` per namespace) at 1, 2 and 4
+//! `node::scan_all` with `model::analyze` per namespace) at 1 and 2
 //! workers, one pass each, and the loop people run today, `nsenter -t PID -n ss -tan` over
 //! the namespaces. Peak memory is the `VmHWM` of a child process doing one
 //! full scan. Needs root; run with
@@ -26,7 +26,7 @@ use fivetuple_scan::Reader;
 const SOCKETS_PER_NS: usize = 500;
 const PAIRS: usize = 9;
 const TIME_WAIT: usize = SOCKETS_PER_NS - 2 - 2 * PAIRS;
-const WORKERS: [usize; 3] = [1, 2, 4];
+const WORKERS: [usize; 2] = [1, 2];
 const RSS_WORKERS: usize = 2;
 
 /// One full scan with grouping; returns (namespaces scanned, sockets seen,
@@ -201,43 +201,6 @@ fn main() {
         lines
     };
 
-    // One pass of each method: a pass of the nsenter loop or a one-worker
-    // scan takes seconds here, and everything must fit in the 60 s life of
-    // the first TIME_WAIT sockets.
-    let t = Instant::now();
-    let lines = nsenter_loop();
-    let lp = t.elapsed();
-    assert_eq!(
-        lines, want,
-        "ss saw {lines} sockets in our namespaces, built {want}"
-    );
-    let mut rows = Vec::new();
-    let mut seen = (0, 0, 0, 0, 0);
-    for w in WORKERS {
-        let t = Instant::now();
-        seen = full_scan(w);
-        rows.push((w, t.elapsed()));
-        assert!(
-            seen.1 >= want,
-            "scan saw {} sockets, built {want} (scanned, sockets, destinations, vanished, failed: {seen:?})",
-            seen.1
-        );
-    }
-    // The kernel's part: the same dumps with nothing else (no discovery,
-    // settings, counters or grouping), one namespace at a time.
-    let t = Instant::now();
-    let dumped: usize = pids
-        .iter()
-        .map(|&p| {
-            run_in(&Target::Pid(p), || {
-                fivetuple_scan::netlink::read().map(|v| v.len())
-            })
-            .unwrap()
-            .unwrap()
-        })
-        .sum();
-    let dumps_only = t.elapsed();
-    assert_eq!(dumped, want);
     let me = std::env::current_exe().unwrap();
     let child = Command::new(&me)
         .arg("--child-scan")
@@ -252,6 +215,30 @@ fn main() {
         child_sockets >= want,
         "the child scan saw {child_sockets} sockets"
     );
+    // One pass of each method: a pass of the nsenter loop or a one-worker
+    // scan takes seconds here, and everything must fit in the 60 s life of
+    // the first TIME_WAIT sockets.
+    let t = Instant::now();
+    let lines = nsenter_loop();
+    let lp = t.elapsed();
+    eprintln!("nsenter loop: {lp:.1?}");
+    assert_eq!(
+        lines, want,
+        "ss saw {lines} sockets in our namespaces, built {want}"
+    );
+    let mut rows = Vec::new();
+    let mut seen = (0, 0, 0, 0, 0);
+    for w in WORKERS {
+        let t = Instant::now();
+        seen = full_scan(w);
+        rows.push((w, t.elapsed()));
+        eprintln!("full scan, {w} worker(s): {:.1?}", t.elapsed());
+        assert!(
+            seen.1 >= want,
+            "scan saw {} sockets, built {want} (scanned, sockets, destinations, vanished, failed: {seen:?})",
+            seen.1
+        );
+    }
     assert!(
         Instant::now() < deadline,
         "measuring ran past the TIME_WAIT life of the first sockets; rerun on a quieter machine"
@@ -276,11 +263,5 @@ fn main() {
             lp.as_secs_f64() / d.as_secs_f64()
         );
     }
-    println!(
-        "| netlink dumps only (`run_in` + `netlink::read`), 1 at a time | {:.0} ms | {:.1} ms | {:.1}× |",
-        ms(dumps_only),
-        ms(dumps_only) / n as f64,
-        lp.as_secs_f64() / dumps_only.as_secs_f64()
-    );
     println!("peak RSS of a full scan ({RSS_WORKERS} workers, child process): {rss_mib:.1} MiB");
 }
