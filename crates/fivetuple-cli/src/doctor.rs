@@ -175,11 +175,19 @@ fn shown<'a>(cfg: &Config, a: &'a Analysis) -> &'a [Destination] {
 #[derive(Serialize)]
 struct JsonDoc<'a> {
     schema_version: u32,
+    status: Severity,
+    exit_code: u8,
     namespace: String,
+    source: fivetuple_scan::Source,
     interval_s: f64,
     thresholds: JsonThresholds,
-    #[serde(flatten)]
-    body: JsonBody<'a>,
+    settings: JsonSettings<'a>,
+    counters: JsonCounters<'a>,
+    totals: &'a model::Totals,
+    destinations_total: usize,
+    destinations: &'a [Destination],
+    findings: &'a [model::Finding],
+    notes: &'a [String],
 }
 
 /// What the document says about one namespace (the top level of a
@@ -260,12 +268,23 @@ struct JsonCounters<'a> {
 }
 
 fn write_json(out: &mut dyn Write, cfg: &Config, now: &Snapshot, a: &Analysis) -> Result<()> {
+    // The one-namespace document keeps its field order (golden files).
+    let b = JsonBody::new(cfg, &now.settings, &now.counters, a);
     let doc = JsonDoc {
         schema_version: SCHEMA_VERSION,
+        status: b.status,
+        exit_code: b.exit_code,
         namespace: cfg.target.to_string(),
+        source: b.source,
         interval_s: cfg.interval.as_secs_f64(),
         thresholds: JsonThresholds::new(&cfg.thresholds),
-        body: JsonBody::new(cfg, &now.settings, &now.counters, a),
+        settings: b.settings,
+        counters: b.counters,
+        totals: b.totals,
+        destinations_total: b.destinations_total,
+        destinations: b.destinations,
+        findings: b.findings,
+        notes: b.notes,
     };
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;

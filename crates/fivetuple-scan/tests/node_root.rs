@@ -37,7 +37,7 @@ fn scanned(a: &Analysis, remote: SocketAddr, state: TcpState) -> usize {
     a.destinations
         .iter()
         .filter(|d| SocketAddr::new(d.remote_ip, d.remote_port) == remote)
-        .map(|d| d.states.get(state.name()).copied().unwrap_or(0) as usize)
+        .map(|d| d.states.get(state) as usize)
         .sum()
 }
 
@@ -147,7 +147,12 @@ fn node_root_pods_are_discovered_with_identity_and_scanned_like_ss() {
     let database: SocketAddr = DATABASE.parse().unwrap();
     for pod in &node.pods {
         let (settings, a) = &by_uid[&pod.uid];
-        assert_eq!(settings.ip_local_port_range, pod.range, "{}", pod.name);
+        assert_eq!(
+            settings.ip_local_port_range.bounds(),
+            pod.range,
+            "{}",
+            pod.name
+        );
         assert_eq!(settings.tcp_tw_reuse, 0, "{}", pod.name);
         let ss = ss_in(&pod.name);
         for (remote, state, built) in [

@@ -9,6 +9,7 @@ use crate::golden;
 fn config(interval: Duration, top: usize) -> Config {
     Config {
         json: true,
+        all_netns: false,
         target: Target::Current,
         top,
         thresholds: Thresholds::default(),
@@ -28,7 +29,7 @@ fn doc(before: Option<&Snapshot>, cfg: &Config) -> String {
         cfg.thresholds,
     );
     let mut out = Vec::new();
-    write_json(&mut out, cfg, &now, &analysis, exit_code(analysis.status)).unwrap();
+    write_json(&mut out, cfg, &now, &analysis).unwrap();
     String::from_utf8(out).unwrap()
 }
 
