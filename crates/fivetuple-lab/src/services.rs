@@ -127,10 +127,10 @@ pub enum Outbound {
         auth: bool,
     },
     /// hyper-util's pooled client with keep-alive, connecting through
-    /// `fivetuple::hyper::HttpConnector` (kernel-chosen ports).
+    /// `fivetuple::http::HttpConnector` (kernel-chosen ports).
     Pooled {
         /// The pool.
-        client: Client<fivetuple::hyper::HttpConnector, Empty<Bytes>>,
+        client: Client<fivetuple::http::HttpConnector, Empty<Bytes>>,
         /// B's address.
         upstream: SocketAddr,
     },
@@ -139,7 +139,7 @@ pub enum Outbound {
 impl Outbound {
     /// A keep-alive pool toward `upstream`.
     pub fn pooled(upstream: SocketAddr) -> Outbound {
-        let http = fivetuple::hyper::HttpConnector::new(fivetuple::Connector::new(
+        let http = fivetuple::http::HttpConnector::new(fivetuple::Connector::new(
             fivetuple::KernelDefault,
         ));
         let client = Client::builder(TokioExecutor::new())

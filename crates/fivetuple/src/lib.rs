@@ -25,15 +25,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # HTTP (feature `hyper`)
+//! # HTTP (feature `hyper`, module [`http`])
 //!
-//! hyper-util's client keeps its pool, TLS and timeouts; only the connector
+//! The module is named `http`, not `hyper`, so that `use fivetuple::http`
+//! never shadows the `hyper` crate in the caller's scope. hyper-util's
+//! client keeps its pool, TLS and timeouts; only the connector
 //! changes. The five-line setup:
 //!
 //! ```no_run
 //! # #[cfg(feature = "hyper")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use fivetuple::{hyper::HttpConnector, Connector, PortRange, Rotation};
+//! use fivetuple::{http::HttpConnector, Connector, PortRange, Rotation};
 //! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 //! let policy = Rotation::new(PortRange::new(20000, 29999)?)?;
 //! let connector = HttpConnector::new(Connector::new(policy));
@@ -41,7 +43,7 @@
 //! # let _ = client; Ok(()) }
 //! ```
 //!
-//! `fivetuple::hyper::ConnectionInfo` in each response's extensions names the source
+//! `fivetuple::http::ConnectionInfo` in each response's extensions names the source
 //! port used; `HttpConnector::stats` counts attempts, exhaustion retries and
 //! failures, and the `metrics` feature registers them into a
 //! `prometheus-client` registry (see `fivetuple::metrics`).
@@ -56,7 +58,7 @@ mod connect;
 mod error;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
-pub mod hyper;
+pub mod http;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;

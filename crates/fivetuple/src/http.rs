@@ -10,7 +10,7 @@
 //! port a request used.
 //!
 //! ```no_run
-//! use fivetuple::hyper::{ConnectionInfo, HttpConnector};
+//! use fivetuple::http::{ConnectionInfo, HttpConnector};
 //! use fivetuple::{Connector, PortRange, Rotation};
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::{Scheme, Uri};
+use ::http::uri::{Scheme, Uri};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
