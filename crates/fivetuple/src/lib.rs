@@ -25,7 +25,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # HTTP (feature `hyper`, module [`http`])
+//! # HTTP (feature `hyper`, module `fivetuple::http`)
 //!
 //! The module is named `http`, not `hyper`, so that `use fivetuple::http`
 //! never shadows the `hyper` crate in the caller's scope. hyper-util's
