@@ -47,6 +47,7 @@ struct Config {
     connect_timeout: Option<Duration>,
     nodelay: bool,
     linger_zero: bool,
+    socket_hook: Option<SocketHook>,
 }
 
 impl Default for Config {
@@ -56,7 +57,20 @@ impl Default for Config {
             connect_timeout: None,
             nodelay: false,
             linger_zero: false,
+            socket_hook: None,
         }
+    }
+}
+
+/// The user's hook on each attempt's socket (see [`Connector::set_socket_hook`]).
+type HookFn = dyn Fn(&Socket, SocketAddr) -> io::Result<()> + Send + Sync;
+
+#[derive(Clone)]
+struct SocketHook(Arc<HookFn>);
+
+impl std::fmt::Debug for SocketHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketHook(..)")
     }
 }
 
@@ -149,6 +163,47 @@ impl Connector {
     /// keep-alive or rotation.
     pub fn set_linger_zero(&mut self, linger_zero: bool) -> &mut Connector {
         self.config.linger_zero = linger_zero;
+        self
+    }
+
+    /// Runs `hook` on every attempt's socket, after the connector's own
+    /// options (`TCP_NODELAY`, `SO_LINGER`, `IP_LOCAL_PORT_RANGE`,
+    /// `SO_REUSEADDR`/`IP_BIND_ADDRESS_NO_PORT`) and before `bind()` and
+    /// `connect()`, with the destination as second argument. It is the raw
+    /// way out, as socket2's `Socket` gives it: keepalive, `SO_MARK`,
+    /// `SO_BINDTODEVICE`, buffer sizes, DSCP, anything socket2 can set.
+    /// Default none.
+    ///
+    /// An error from the hook ends the connect at once with
+    /// [`Stage::Hook`], whatever its kind (even `EADDRINUSE`): the hook is
+    /// the caller's code, not a port problem the policy could route around.
+    /// The socket is in non-blocking mode under the async entry points;
+    /// leave that mode as it is.
+    ///
+    /// ```no_run
+    /// use fivetuple::Connector;
+    /// use socket2::TcpKeepalive;
+    /// use std::time::Duration;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut connector = Connector::default();
+    /// connector.set_socket_hook(|socket, _remote| {
+    ///     socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(30)))?;
+    ///     socket.set_recv_buffer_size(1 << 20)
+    /// });
+    /// let stream = connector.connect_std("127.0.0.1:8080".parse()?)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_socket_hook<F>(&mut self, hook: F) -> &mut Connector
+    where
+        F: Fn(&Socket, SocketAddr) -> io::Result<()> + Send + Sync + 'static,
+    {
+        self.config.socket_hook = Some(SocketHook(Arc::new(hook)));
+        self
+    }
+
+    /// Removes the socket hook, if one was set.
+    pub fn clear_socket_hook(&mut self) -> &mut Connector {
+        self.config.socket_hook = None;
         self
     }
 
@@ -359,6 +414,9 @@ impl<'a> Attempts<'a> {
         if let Some(ports) = window {
             crate::sys::set_local_port_range(&socket, ports.lo(), ports.hi())
                 .map_err(socket_err)?;
+        }
+        if let Some(SocketHook(hook)) = &config.socket_hook {
+            hook(&socket, self.remote).map_err(|e| self.error(Stage::Hook, bind_to, e))?;
         }
         if let Some(local) = bind_to {
             if no_port {
