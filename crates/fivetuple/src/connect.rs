@@ -209,6 +209,16 @@ impl Connector {
 
     /// Connects to `remote`, blocking, with the configured timeout.
     pub fn connect_std(&self, remote: SocketAddr) -> Result<std::net::TcpStream, ConnectError> {
+        self.connect_std_within(remote, self.config.connect_timeout)
+    }
+
+    /// [`connect_std`](Connector::connect_std) with `timeout` bounding each
+    /// `connect()` call instead of the configured one.
+    pub(crate) fn connect_std_within(
+        &self,
+        remote: SocketAddr,
+        timeout: Option<Duration>,
+    ) -> Result<std::net::TcpStream, ConnectError> {
         let mut attempts = Attempts::new(self, remote);
         loop {
             let Prepared {
@@ -217,7 +227,7 @@ impl Connector {
                 kind,
             } = attempts.next_socket(false)?;
             let addr = SockAddr::from(remote);
-            let result = match self.config.connect_timeout {
+            let result = match timeout {
                 Some(t) => socket.connect_timeout(&addr, t),
                 None => socket.connect(&addr),
             };
@@ -236,6 +246,18 @@ impl Connector {
     /// timeout.
     #[cfg(feature = "tokio")]
     pub async fn connect(&self, remote: SocketAddr) -> Result<tokio::net::TcpStream, ConnectError> {
+        self.connect_within(remote, self.config.connect_timeout)
+            .await
+    }
+
+    /// [`connect`](Connector::connect) with `timeout` bounding each
+    /// `connect()` call instead of the configured one.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn connect_within(
+        &self,
+        remote: SocketAddr,
+        timeout: Option<Duration>,
+    ) -> Result<tokio::net::TcpStream, ConnectError> {
         let mut attempts = Attempts::new(self, remote);
         loop {
             let Prepared {
@@ -245,7 +267,7 @@ impl Connector {
             } = attempts.next_socket(true)?;
             let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
             let connecting = socket.connect(remote);
-            let result = match self.config.connect_timeout {
+            let result = match timeout {
                 Some(t) => match tokio::time::timeout(t, connecting).await {
                     Ok(r) => r,
                     Err(_) => Err(io::Error::new(

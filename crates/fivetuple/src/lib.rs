@@ -25,6 +25,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`Connector::connect_host`] (tokio) and [`Connector::connect_host_std`]
+//! take a `"host:port"`, resolve it and try each address in turn within one
+//! shared connect-timeout budget. [`Connector::set_socket_hook`] hands each
+//! attempt's `socket2::Socket` to your code before `bind()` and `connect()`
+//! (keepalive, `SO_MARK`, buffer sizes, ...).
+//!
 //! # HTTP (feature `hyper`, module `fivetuple::http`)
 //!
 //! The module is named `http`, not `hyper`, so that `use fivetuple::http`
@@ -56,6 +62,7 @@
 
 mod connect;
 mod error;
+mod host;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 pub mod http;
@@ -72,6 +79,7 @@ mod window;
 
 pub use connect::{ConnectStats, Connector, StatsSnapshot, DEFAULT_MAX_ATTEMPTS};
 pub use error::{is_exhaustion, ConfigError, ConnectError, Stage};
+pub use host::HostConnectError;
 pub use policy::{Choice, KernelDefault, LocalPolicy, PortRange};
 pub use reserved::ReservedPorts;
 pub use rotation::Rotation;
