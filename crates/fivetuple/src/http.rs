@@ -27,6 +27,17 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # tonic
+//!
+//! [`HttpConnector`] is a connector for
+//! `tonic::transport::Endpoint::connect_with_connector`, in clear text and
+//! under tonic's TLS (`Endpoint::tls_config`). tonic's TLS layer hands the
+//! connector the `https://` URI, so turn
+//! [`set_enforce_http`](HttpConnector::set_enforce_http) off there. See the
+//! `tonic_channel` example; `tests/tonic.rs` re-creates a channel per call
+//! in a 100-port namespace, where rotation keeps going and the kernel
+//! default runs out.
+//!
 //! [`Client`]: https://docs.rs/hyper-util/latest/hyper_util/client/legacy/struct.Client.html
 //! [`LocalPolicy`]: crate::LocalPolicy
 
