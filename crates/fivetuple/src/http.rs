@@ -38,6 +38,51 @@
 //! in a 100-port namespace, where rotation keeps going and the kernel
 //! default runs out.
 //!
+//! # Coming from reqwest
+//!
+//! reqwest cannot take another connector, and its
+//! `ClientBuilder::local_address(ip)` binds `ip:0` *without*
+//! `IP_BIND_ADDRESS_NO_PORT`: each connection then reserves its port for
+//! every destination on the host, which exhausts the range faster, not
+//! slower. There are two honest paths:
+//!
+//! 1. In code you own, use hyper-util's client (reqwest's own engine) with
+//!    this connector, with hyper-rustls for `https://`. It pools and
+//!    reuses connections as reqwest does; only the connect changes:
+//!
+//! ```no_run
+//! use fivetuple::http::{ConnectionInfo, HttpConnector};
+//! use fivetuple::{Connector, PortRange, Rotation};
+//! use http_body_util::{BodyExt, Empty};
+//! use hyper::body::Bytes;
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut http = HttpConnector::new(Connector::new(Rotation::new(PortRange::new(20000, 29999)?)?));
+//! http.set_enforce_http(false); // https:// goes through hyper-rustls below
+//! let tls = hyper_rustls::HttpsConnectorBuilder::new()
+//!     .with_tls_config(
+//!         rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+//!             .with_safe_default_protocol_versions()?
+//!             .with_root_certificates(rustls::RootCertStore::empty()) // add your roots
+//!             .with_no_client_auth(),
+//!     )
+//!     .https_or_http()
+//!     .enable_http1()
+//!     .wrap_connector(http);
+//! let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(tls);
+//! // reqwest: client.get(url).send().await?.text().await?
+//! let response = client.get("http://127.0.0.1:8080/".parse()?).await?;
+//! let from = response.extensions().get::<ConnectionInfo>().map(|i| i.local_addr());
+//! let body = response.into_body().collect().await?.to_bytes();
+//! println!("{} bytes from {from:?}", body.len());
+//! # Ok(()) }
+//! # use tokio_rustls::rustls;
+//! ```
+//!
+//! 2. For a program you cannot change (reqwest inside, or any language),
+//!    `fivetuple run -- PROGRAM` applies the same policies to the process
+//!    in the kernel, through a cgroup connect hook.
+//!
 //! [`Client`]: https://docs.rs/hyper-util/latest/hyper_util/client/legacy/struct.Client.html
 //! [`LocalPolicy`]: crate::LocalPolicy
 
