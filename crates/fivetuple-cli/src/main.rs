@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod completions;
 mod doctor;
 mod exporter;
 mod repro;
@@ -40,6 +41,10 @@ enum Command {
     Exporter(exporter::Args),
     /// Live terminal view of per-destination port headroom, refreshed every second.
     Top(top::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+    /// Print the man page (roff).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +70,8 @@ fn main() -> ExitCode {
         Command::Repro(args) => repro::run(args, &mut out),
         Command::Exporter(args) => exporter::run(args, &mut out),
         Command::Top(args) => top::run(args),
+        Command::Completions(args) => completions::completions(args, &mut out),
+        Command::Man => completions::man(&mut out),
     };
     let result = result.and_then(|code| out.flush().map(|()| code).map_err(Into::into));
     match result {
