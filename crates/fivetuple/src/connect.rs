@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::error::{ConfigError, ConnectError, Stage};
 use crate::policy::{Choice, KernelDefault, LocalPolicy};
@@ -415,12 +415,11 @@ impl<'a> Attempts<'a> {
                 .map_err(|e| self.error(Stage::Socket, Some(local), e))?;
         }
         let socket_err = |e| self.error(Stage::Socket, bind_to, e);
-        let socket = Socket::new(
-            Domain::for_address(self.remote),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(socket_err)?;
+        // Protocol 0, as std's `TcpStream::connect` passes (strace of the
+        // connect bench): the kernel-default path then makes exactly std's
+        // system calls, socket() and connect().
+        let socket = Socket::new(Domain::for_address(self.remote), Type::STREAM, None)
+            .map_err(socket_err)?;
         if nonblocking {
             socket.set_nonblocking(true).map_err(socket_err)?;
         }
