@@ -20,6 +20,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod attach;
+mod completions;
 mod doctor;
 mod exporter;
 #[cfg(test)]
@@ -58,6 +59,10 @@ enum Command {
     Detach(attach::DetachArgs),
     /// List the attached policies with their counters.
     Attached(attach::ListArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::Args),
+    /// Print the man page (roff).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +92,8 @@ fn main() -> ExitCode {
         Command::Attach(args) => attach::attach(args, &mut out),
         Command::Detach(args) => attach::detach(args, &mut out),
         Command::Attached(args) => attach::list(args, &mut out),
+        Command::Completions(args) => completions::completions(args, &mut out),
+        Command::Man => completions::man(&mut out),
     };
     let result = result.and_then(|code| out.flush().map(|()| code).map_err(Into::into));
     match result {

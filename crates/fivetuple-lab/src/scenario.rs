@@ -284,7 +284,7 @@ fn outbound(
         Remedy::Pooled => (
             Outbound::pooled(upstream),
             1,
-            "hyper-util pooled client over fivetuple::hyper::HttpConnector, keep-alive".into(),
+            "hyper-util pooled client over fivetuple::http::HttpConnector, keep-alive".into(),
         ),
     })
 }

@@ -127,10 +127,10 @@ pub enum Outbound {
         auth: bool,
     },
     /// hyper-util's pooled client with keep-alive, connecting through
-    /// `fivetuple::hyper::HttpConnector` (kernel-chosen ports).
+    /// `fivetuple::http::HttpConnector` (kernel-chosen ports).
     Pooled {
         /// The pool.
-        client: Client<fivetuple::hyper::HttpConnector, Empty<Bytes>>,
+        client: Box<Client<fivetuple::http::HttpConnector, Empty<Bytes>>>,
         /// B's address.
         upstream: SocketAddr,
     },
@@ -139,14 +139,17 @@ pub enum Outbound {
 impl Outbound {
     /// A keep-alive pool toward `upstream`.
     pub fn pooled(upstream: SocketAddr) -> Outbound {
-        let http = fivetuple::hyper::HttpConnector::new(fivetuple::Connector::new(
+        let http = fivetuple::http::HttpConnector::new(fivetuple::Connector::new(
             fivetuple::KernelDefault,
         ));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(http);
-        Outbound::Pooled { client, upstream }
+        Outbound::Pooled {
+            client: Box::new(client),
+            upstream,
+        }
     }
 
     /// One call to B. The error is the text A puts in its 502 body: the OS

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use fivetuple::hyper::HttpConnector;
+use fivetuple::http::HttpConnector;
 use fivetuple::{Connector, KernelDefault, PortRange, Rotation};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};

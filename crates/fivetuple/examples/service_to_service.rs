@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use fivetuple::hyper::{ConnectionInfo, HttpConnector};
+use fivetuple::http::{ConnectionInfo, HttpConnector};
 use fivetuple::Connector;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::error::{ConfigError, ConnectError, Stage};
 use crate::policy::{Choice, KernelDefault, LocalPolicy};
@@ -47,6 +47,7 @@ struct Config {
     connect_timeout: Option<Duration>,
     nodelay: bool,
     linger_zero: bool,
+    socket_hook: Option<SocketHook>,
 }
 
 impl Default for Config {
@@ -56,7 +57,20 @@ impl Default for Config {
             connect_timeout: None,
             nodelay: false,
             linger_zero: false,
+            socket_hook: None,
         }
+    }
+}
+
+/// The user's hook on each attempt's socket (see [`Connector::set_socket_hook`]).
+type HookFn = dyn Fn(&Socket, SocketAddr) -> io::Result<()> + Send + Sync;
+
+#[derive(Clone)]
+struct SocketHook(Arc<HookFn>);
+
+impl std::fmt::Debug for SocketHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketHook(..)")
     }
 }
 
@@ -152,8 +166,59 @@ impl Connector {
         self
     }
 
+    /// Runs `hook` on every attempt's socket, after the connector's own
+    /// options (`TCP_NODELAY`, `SO_LINGER`, `IP_LOCAL_PORT_RANGE`,
+    /// `SO_REUSEADDR`/`IP_BIND_ADDRESS_NO_PORT`) and before `bind()` and
+    /// `connect()`, with the destination as second argument. It is the raw
+    /// way out, as socket2's `Socket` gives it: keepalive, `SO_MARK`,
+    /// `SO_BINDTODEVICE`, buffer sizes, DSCP, anything socket2 can set.
+    /// Default none.
+    ///
+    /// An error from the hook ends the connect at once with
+    /// [`Stage::Hook`], whatever its kind (even `EADDRINUSE`): the hook is
+    /// the caller's code, not a port problem the policy could route around.
+    /// The socket is in non-blocking mode under the async entry points;
+    /// leave that mode as it is.
+    ///
+    /// ```no_run
+    /// use fivetuple::Connector;
+    /// use socket2::TcpKeepalive;
+    /// use std::time::Duration;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut connector = Connector::default();
+    /// connector.set_socket_hook(|socket, _remote| {
+    ///     socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_secs(30)))?;
+    ///     socket.set_recv_buffer_size(1 << 20)
+    /// });
+    /// let stream = connector.connect_std("127.0.0.1:8080".parse()?)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_socket_hook<F>(&mut self, hook: F) -> &mut Connector
+    where
+        F: Fn(&Socket, SocketAddr) -> io::Result<()> + Send + Sync + 'static,
+    {
+        self.config.socket_hook = Some(SocketHook(Arc::new(hook)));
+        self
+    }
+
+    /// Removes the socket hook, if one was set.
+    pub fn clear_socket_hook(&mut self) -> &mut Connector {
+        self.config.socket_hook = None;
+        self
+    }
+
     /// Connects to `remote`, blocking, with the configured timeout.
     pub fn connect_std(&self, remote: SocketAddr) -> Result<std::net::TcpStream, ConnectError> {
+        self.connect_std_within(remote, self.config.connect_timeout)
+    }
+
+    /// [`connect_std`](Connector::connect_std) with `timeout` bounding each
+    /// `connect()` call instead of the configured one.
+    pub(crate) fn connect_std_within(
+        &self,
+        remote: SocketAddr,
+        timeout: Option<Duration>,
+    ) -> Result<std::net::TcpStream, ConnectError> {
         let mut attempts = Attempts::new(self, remote);
         loop {
             let Prepared {
@@ -162,7 +227,7 @@ impl Connector {
                 kind,
             } = attempts.next_socket(false)?;
             let addr = SockAddr::from(remote);
-            let result = match self.config.connect_timeout {
+            let result = match timeout {
                 Some(t) => socket.connect_timeout(&addr, t),
                 None => socket.connect(&addr),
             };
@@ -181,6 +246,18 @@ impl Connector {
     /// timeout.
     #[cfg(feature = "tokio")]
     pub async fn connect(&self, remote: SocketAddr) -> Result<tokio::net::TcpStream, ConnectError> {
+        self.connect_within(remote, self.config.connect_timeout)
+            .await
+    }
+
+    /// [`connect`](Connector::connect) with `timeout` bounding each
+    /// `connect()` call instead of the configured one.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn connect_within(
+        &self,
+        remote: SocketAddr,
+        timeout: Option<Duration>,
+    ) -> Result<tokio::net::TcpStream, ConnectError> {
         let mut attempts = Attempts::new(self, remote);
         loop {
             let Prepared {
@@ -190,7 +267,7 @@ impl Connector {
             } = attempts.next_socket(true)?;
             let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
             let connecting = socket.connect(remote);
-            let result = match self.config.connect_timeout {
+            let result = match timeout {
                 Some(t) => match tokio::time::timeout(t, connecting).await {
                     Ok(r) => r,
                     Err(_) => Err(io::Error::new(
@@ -338,12 +415,11 @@ impl<'a> Attempts<'a> {
                 .map_err(|e| self.error(Stage::Policy, Some(local), e))?;
         }
         let socket_err = |e| self.error(Stage::Socket, bind_to, e);
-        let socket = Socket::new(
-            Domain::for_address(self.remote),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(socket_err)?;
+        // Protocol 0, as std's `TcpStream::connect` passes (strace of the
+        // connect bench): the kernel-default path then makes exactly std's
+        // system calls, socket() and connect().
+        let socket = Socket::new(Domain::for_address(self.remote), Type::STREAM, None)
+            .map_err(socket_err)?;
         if nonblocking {
             socket.set_nonblocking(true).map_err(socket_err)?;
         }
@@ -359,6 +435,9 @@ impl<'a> Attempts<'a> {
         if let Some(ports) = window {
             crate::sys::set_local_port_range(&socket, ports.lo(), ports.hi())
                 .map_err(socket_err)?;
+        }
+        if let Some(SocketHook(hook)) = &config.socket_hook {
+            hook(&socket, self.remote).map_err(|e| self.error(Stage::Hook, bind_to, e))?;
         }
         if let Some(local) = bind_to {
             if no_port {

@@ -14,6 +14,10 @@ pub enum Stage {
     Policy,
     /// Creating the socket or setting a socket option failed.
     Socket,
+    /// The hook set with
+    /// [`Connector::set_socket_hook`](crate::Connector::set_socket_hook)
+    /// returned an error. Never retried.
+    Hook,
     /// `bind()` failed.
     Bind,
     /// `connect()` failed (or timed out).
@@ -25,6 +29,7 @@ impl fmt::Display for Stage {
         f.write_str(match self {
             Stage::Policy => "policy",
             Stage::Socket => "socket",
+            Stage::Hook => "socket hook",
             Stage::Bind => "bind",
             Stage::Connect => "connect",
         })

@@ -25,15 +25,23 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # HTTP (feature `hyper`)
+//! [`Connector::connect_host`] (tokio) and [`Connector::connect_host_std`]
+//! take a `"host:port"`, resolve it and try each address in turn within one
+//! shared connect-timeout budget. [`Connector::set_socket_hook`] hands each
+//! attempt's `socket2::Socket` to your code before `bind()` and `connect()`
+//! (keepalive, `SO_MARK`, buffer sizes, ...).
 //!
-//! hyper-util's client keeps its pool, TLS and timeouts; only the connector
+//! # HTTP (feature `hyper`, module `fivetuple::http`)
+//!
+//! The module is named `http`, not `hyper`, so that `use fivetuple::http`
+//! never shadows the `hyper` crate in the caller's scope. hyper-util's
+//! client keeps its pool, TLS and timeouts; only the connector
 //! changes. The five-line setup:
 //!
 //! ```no_run
 //! # #[cfg(feature = "hyper")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use fivetuple::{hyper::HttpConnector, Connector, PortRange, Rotation};
+//! use fivetuple::{http::HttpConnector, Connector, PortRange, Rotation};
 //! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 //! let policy = Rotation::new(PortRange::new(20000, 29999)?)?;
 //! let connector = HttpConnector::new(Connector::new(policy));
@@ -41,7 +49,7 @@
 //! # let _ = client; Ok(()) }
 //! ```
 //!
-//! `fivetuple::hyper::ConnectionInfo` in each response's extensions names the source
+//! `fivetuple::http::ConnectionInfo` in each response's extensions names the source
 //! port used; `HttpConnector::stats` counts attempts, exhaustion retries and
 //! failures, and the `metrics` feature registers them into a
 //! `prometheus-client` registry (see `fivetuple::metrics`).
@@ -63,9 +71,10 @@
 
 mod connect;
 mod error;
+mod host;
 #[cfg(feature = "hyper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
-pub mod hyper;
+pub mod http;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
@@ -80,6 +89,7 @@ mod window;
 pub use connect::{ConnectStats, Connector, StatsSnapshot, DEFAULT_MAX_ATTEMPTS};
 pub use error::{is_exhaustion, ConfigError, ConnectError, Stage};
 pub use fivetuple_kernel::PortRangeError;
+pub use host::HostConnectError;
 pub use policy::{Choice, KernelDefault, LocalPolicy, PortRange};
 pub use reserved::{ReservedPorts, ReservedPortsError};
 pub use rotation::Rotation;

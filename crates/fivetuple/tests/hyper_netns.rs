@@ -10,7 +10,7 @@ mod hyper_support;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use fivetuple::hyper::HttpConnector;
+use fivetuple::http::HttpConnector;
 use fivetuple::{Connector, KernelDefault, PortRange, Rotation, DEFAULT_MAX_ATTEMPTS};
 use hyper_support::{
     close_per_call, connect_error_in_chain, get, in_netns, pooled, root_or_skip, Server,

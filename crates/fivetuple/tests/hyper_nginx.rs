@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use fivetuple::hyper::HttpConnector;
+use fivetuple::http::HttpConnector;
 use fivetuple::{Connector, PortRange, Rotation};
 use hyper_support::{close_per_call, get, in_netns, root_or_skip};
 

@@ -10,7 +10,7 @@ mod hyper_support;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use fivetuple::hyper::{ConnectionInfo, HttpConnector};
+use fivetuple::http::{ConnectionInfo, HttpConnector};
 use fivetuple::{Connector, KernelDefault};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use fivetuple::hyper::{ConnectionInfo, HttpConnector};
+use fivetuple::http::{ConnectionInfo, HttpConnector};
 use fivetuple::ConnectError;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};

@@ -2,15 +2,17 @@
 //! chooses each connection's local endpoint with a [`LocalPolicy`] and
 //! retries on port exhaustion, while keeping its pool, TLS and timeouts.
 //!
-//! [`HttpConnector`] wraps a [`Connector`]: it resolves the URI's host,
-//! tries the addresses in order with the connect timeout split across them,
-//! and returns an [`HttpStream`] whose [`Connected`] carries a
+//! [`HttpConnector`] wraps a [`Connector`]: it resolves the URI's host with
+//! a resolver (any `tower_service::Service<Name>`, the same trait hyper-util's
+//! resolvers implement; [`TokioResolver`] by default), tries the addresses in
+//! order with one connect-timeout budget shared across them (as
+//! [`Connector::connect_host`] does), and returns an [`HttpStream`] whose [`Connected`] carries a
 //! [`ConnectionInfo`] (local and remote socket address). hyper-util copies
 //! that into every response's extensions, so a caller can log which source
 //! port a request used.
 //!
 //! ```no_run
-//! use fivetuple::hyper::{ConnectionInfo, HttpConnector};
+//! use fivetuple::http::{ConnectionInfo, HttpConnector};
 //! use fivetuple::{Connector, PortRange, Rotation};
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
@@ -25,11 +27,67 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # tonic
+//!
+//! [`HttpConnector`] is a connector for
+//! `tonic::transport::Endpoint::connect_with_connector`, in clear text and
+//! under tonic's TLS (`Endpoint::tls_config`). tonic's TLS layer hands the
+//! connector the `https://` URI, so turn
+//! [`set_enforce_http`](HttpConnector::set_enforce_http) off there. See the
+//! `tonic_channel` example; `tests/tonic.rs` re-creates a channel per call
+//! in a 100-port namespace, where rotation keeps going and the kernel
+//! default runs out.
+//!
+//! # Coming from reqwest
+//!
+//! reqwest cannot take another connector, and its
+//! `ClientBuilder::local_address(ip)` binds `ip:0` *without*
+//! `IP_BIND_ADDRESS_NO_PORT`: each connection then reserves its port for
+//! every destination on the host, which exhausts the range faster, not
+//! slower. There are two honest paths:
+//!
+//! 1. In code you own, use hyper-util's client (reqwest's own engine) with
+//!    this connector, with hyper-rustls for `https://`. It pools and
+//!    reuses connections as reqwest does; only the connect changes:
+//!
+//! ```no_run
+//! use fivetuple::http::{ConnectionInfo, HttpConnector};
+//! use fivetuple::{Connector, PortRange, Rotation};
+//! use http_body_util::{BodyExt, Empty};
+//! use hyper::body::Bytes;
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut http = HttpConnector::new(Connector::new(Rotation::new(PortRange::new(20000, 29999)?)?));
+//! http.set_enforce_http(false); // https:// goes through hyper-rustls below
+//! let tls = hyper_rustls::HttpsConnectorBuilder::new()
+//!     .with_tls_config(
+//!         rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+//!             .with_safe_default_protocol_versions()?
+//!             .with_root_certificates(rustls::RootCertStore::empty()) // add your roots
+//!             .with_no_client_auth(),
+//!     )
+//!     .https_or_http()
+//!     .enable_http1()
+//!     .wrap_connector(http);
+//! let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(tls);
+//! // reqwest: client.get(url).send().await?.text().await?
+//! let response = client.get("http://127.0.0.1:8080/".parse()?).await?;
+//! let from = response.extensions().get::<ConnectionInfo>().map(|i| i.local_addr());
+//! let body = response.into_body().collect().await?.to_bytes();
+//! println!("{} bytes from {from:?}", body.len());
+//! # Ok(()) }
+//! # use tokio_rustls::rustls;
+//! ```
+//!
+//! 2. For a program you cannot change (reqwest inside, or any language),
+//!    `fivetuple run -- PROGRAM` applies the same policies to the process
+//!    in the kernel, through a cgroup connect hook.
+//!
 //! [`Client`]: https://docs.rs/hyper-util/latest/hyper_util/client/legacy/struct.Client.html
 //! [`LocalPolicy`]: crate::LocalPolicy
 
 use std::fmt;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -37,12 +95,49 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::{Scheme, Uri};
+use ::http::uri::{Scheme, Uri};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tower_service::Service;
 
-use crate::{ConnectError, ConnectStats, Connector};
+/// A host name to resolve: hyper-util's type, so that a resolver written for
+/// hyper-util's `HttpConnector` (a `Service<Name>`) works here unchanged.
+pub use hyper_util::client::legacy::connect::dns::Name;
+
+use crate::{ConnectError, ConnectStats, Connector, HostConnectError};
+
+/// The default resolver: tokio's `lookup_host` (`getaddrinfo` on the
+/// blocking pool). Answers with port 0; the connector sets the URI's port,
+/// as with hyper-util's resolvers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioResolver {
+    _private: (),
+}
+
+impl TokioResolver {
+    /// The resolver.
+    pub fn new() -> TokioResolver {
+        TokioResolver::default()
+    }
+}
+
+impl Service<Name> for TokioResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        Box::pin(async move {
+            let addrs = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            Ok(addrs.collect::<Vec<_>>().into_iter())
+        })
+    }
+}
 
 /// A [`tower_service::Service<Uri>`] for hyper-util's legacy `Client` that
 /// opens connections through a [`Connector`].
@@ -53,10 +148,12 @@ use crate::{ConnectError, ConnectStats, Connector};
 /// Defaults: `TCP_NODELAY` on, no connect timeout beyond the wrapped
 /// connector's, only `http://` URIs accepted (see
 /// [`set_enforce_http`](HttpConnector::set_enforce_http); turn it off when a
-/// TLS connector such as hyper-rustls wraps this one).
+/// TLS connector such as hyper-rustls wraps this one), names resolved by
+/// [`TokioResolver`] (see [`new_with_resolver`](HttpConnector::new_with_resolver)).
 #[derive(Clone)]
-pub struct HttpConnector {
+pub struct HttpConnector<R = TokioResolver> {
     connector: Connector,
+    resolver: R,
     config: Arc<Config>,
 }
 
@@ -76,7 +173,7 @@ impl Default for Config {
     }
 }
 
-impl fmt::Debug for HttpConnector {
+impl<R> fmt::Debug for HttpConnector<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpConnector")
             .field("connector", &self.connector)
@@ -93,10 +190,23 @@ impl HttpConnector {
     /// [`set_nodelay`](HttpConnector::set_nodelay) to turn it off. Every
     /// other setting of `connector` is kept, and the stats stay shared with
     /// it.
-    pub fn new(mut connector: Connector) -> HttpConnector {
+    pub fn new(connector: Connector) -> HttpConnector {
+        HttpConnector::new_with_resolver(connector, TokioResolver::new())
+    }
+}
+
+impl<R> HttpConnector<R> {
+    /// An HTTP connector opening its connections through `connector` and
+    /// resolving names with `resolver`: any `tower_service::Service<Name>`
+    /// answering socket addresses, such as hyper-util's `GaiResolver` or a
+    /// resolver written for hyper-util's `HttpConnector`. IP literals are
+    /// not resolved. `TCP_NODELAY` is turned on as in
+    /// [`new`](HttpConnector::new).
+    pub fn new_with_resolver(mut connector: Connector, resolver: R) -> HttpConnector<R> {
         connector.set_nodelay(true);
         HttpConnector {
             connector,
+            resolver,
             config: Arc::new(Config::default()),
         }
     }
@@ -112,21 +222,22 @@ impl HttpConnector {
     }
 
     /// Sets `TCP_NODELAY` on every connection. Default on.
-    pub fn set_nodelay(&mut self, nodelay: bool) -> &mut HttpConnector {
+    pub fn set_nodelay(&mut self, nodelay: bool) -> &mut HttpConnector<R> {
         self.connector.set_nodelay(nodelay);
         self
     }
 
-    /// Bounds the connect of one URI. The budget is split evenly across the
-    /// resolved addresses, as hyper-util's `HttpConnector` does, so that an
-    /// unreachable first address leaves time for the next; the shorter of the
-    /// share and the wrapped connector's own per-`connect()` timeout applies. (An
+    /// Bounds the connect of one URI: one budget shared across the resolved
+    /// addresses, each getting what is left divided by the addresses left,
+    /// so that an unreachable first address leaves time for the next (as
+    /// hyper-util's `HttpConnector` splits its own). The share bounds each
+    /// `connect()` call in place of the wrapped connector's timeout. (An
     /// exhaustion retry fails at once, without waiting, so the share bounds
     /// the time spent on an address in practice.)
     ///
-    /// `None` (the default) keeps the wrapped connector's timeout, which
-    /// itself defaults to waiting as long as the OS does.
-    pub fn set_connect_timeout(&mut self, timeout: Option<Duration>) -> &mut HttpConnector {
+    /// `None` (the default) uses the wrapped connector's timeout as that
+    /// budget; it itself defaults to waiting as long as the OS does.
+    pub fn set_connect_timeout(&mut self, timeout: Option<Duration>) -> &mut HttpConnector<R> {
         Arc::make_mut(&mut self.config).connect_timeout = timeout;
         self
     }
@@ -135,17 +246,9 @@ impl HttpConnector {
     /// `https://` URI never goes out in clear text by mistake. Turn it off
     /// when a TLS connector (hyper-rustls, hyper-tls) wraps this one; the
     /// default port is then 443 for `https` and 80 otherwise.
-    pub fn set_enforce_http(&mut self, enforce: bool) -> &mut HttpConnector {
+    pub fn set_enforce_http(&mut self, enforce: bool) -> &mut HttpConnector<R> {
         Arc::make_mut(&mut self.config).enforce_http = enforce;
         self
-    }
-
-    /// Resolves `dst` and connects to its addresses in order, returning the
-    /// first connection that opens.
-    pub async fn connect_uri(&self, dst: &Uri) -> Result<HttpStream, HttpConnectError> {
-        let (host, port) = host_port(&self.config, dst)?;
-        let addrs = resolve(host, port).await?;
-        self.connect_addrs(host, &addrs).await
     }
 
     async fn connect_addrs(
@@ -153,40 +256,59 @@ impl HttpConnector {
         host: &str,
         addrs: &[SocketAddr],
     ) -> Result<HttpStream, HttpConnectError> {
-        let connector = match split_timeout(self.config.connect_timeout, addrs.len()) {
-            Some(share) => {
-                let mut c = self.connector.clone();
-                let own = c.connect_timeout();
-                c.set_connect_timeout(Some(own.map_or(share, |t| t.min(share))));
-                c
-            }
-            None => self.connector.clone(),
-        };
-        let mut last = None;
-        for (i, &addr) in addrs.iter().enumerate() {
-            match connector.connect(addr).await {
-                Ok(stream) => return HttpStream::new(stream),
-                Err(e) => {
-                    tracing::debug!(host, %addr, address = i + 1, of = addrs.len(), error = %e, "connect failed; trying the next address");
-                    last = Some(e);
-                }
-            }
-        }
-        match last {
-            Some(e) => Err(HttpConnectError::connect(host, addrs.len(), e)),
-            None => Err(HttpConnectError::new(
-                Kind::Resolve,
-                format!("{host} resolved to no address"),
-                None,
-            )),
+        let total = self
+            .config
+            .connect_timeout
+            .or(self.connector.connect_timeout());
+        match self.connector.connect_addrs(host, addrs, total).await {
+            Ok(stream) => HttpStream::new(stream),
+            Err(e) => Err(HttpConnectError::from_host(e)),
         }
     }
 }
 
-/// The share of `total` each of `n` addresses gets.
-fn split_timeout(total: Option<Duration>, n: usize) -> Option<Duration> {
-    let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-    total.map(|t| t / n)
+impl<R> HttpConnector<R>
+where
+    R: Service<Name> + Clone,
+    R::Response: Iterator<Item = SocketAddr>,
+    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Resolves `dst` and connects to its addresses in order, returning the
+    /// first connection that opens.
+    pub async fn connect_uri(&self, dst: &Uri) -> Result<HttpStream, HttpConnectError> {
+        let (host, port) = host_port(&self.config, dst)?;
+        let addrs = self.resolve(host, port).await?;
+        self.connect_addrs(host, &addrs).await
+    }
+
+    /// IP literals are used as they are; names go through the resolver, in
+    /// the order it returns them, with the URI's port.
+    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, HttpConnectError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let name: Name = host
+            .parse()
+            .map_err(|e| HttpConnectError::invalid(format!("{host:?} is not a host name: {e}")))?;
+        let failed = |e: R::Error| {
+            HttpConnectError::new(
+                Kind::Resolve,
+                format!("resolving {host} failed"),
+                Some(Source::Other(e.into())),
+            )
+        };
+        let mut resolver = self.resolver.clone();
+        poll_fn(|cx| resolver.poll_ready(cx))
+            .await
+            .map_err(failed)?;
+        let addrs = resolver.call(name).await.map_err(failed)?;
+        Ok(addrs
+            .map(|mut a| {
+                a.set_port(port);
+                a
+            })
+            .collect())
+    }
 }
 
 fn host_port<'u>(config: &Config, dst: &'u Uri) -> Result<(&'u str, u16), HttpConnectError> {
@@ -216,23 +338,13 @@ fn host_port<'u>(config: &Config, dst: &'u Uri) -> Result<(&'u str, u16), HttpCo
     Ok((host, port))
 }
 
-/// IP literals are used as they are; names go through tokio's resolver
-/// (`getaddrinfo` on the blocking pool), in the order it returns them.
-async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, HttpConnectError> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => Ok(addrs.collect()),
-        Err(e) => Err(HttpConnectError::new(
-            Kind::Resolve,
-            format!("resolving {host} failed"),
-            Some(Source::Io(e)),
-        )),
-    }
-}
-
-impl tower_service::Service<Uri> for HttpConnector {
+impl<R> Service<Uri> for HttpConnector<R>
+where
+    R: Service<Name> + Clone + Send + Sync + 'static,
+    R::Response: Iterator<Item = SocketAddr> + Send,
+    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R::Future: Send,
+{
     type Response = HttpStream;
     type Error = HttpConnectError;
     type Future = Connecting;
@@ -412,6 +524,7 @@ enum Kind {
 enum Source {
     Connect(ConnectError),
     Io(io::Error),
+    Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl HttpConnectError {
@@ -421,6 +534,18 @@ impl HttpConnectError {
 
     fn invalid(msg: String) -> HttpConnectError {
         HttpConnectError::new(Kind::InvalidUri, msg, None)
+    }
+
+    fn from_host(e: HostConnectError) -> HttpConnectError {
+        let (host, tried) = (e.host().to_owned(), e.addresses_tried());
+        match e.into_connect_error() {
+            Some(c) => HttpConnectError::connect(&host, tried, c),
+            None => HttpConnectError::new(
+                Kind::Resolve,
+                format!("{host} resolved to no address"),
+                None,
+            ),
+        }
     }
 
     fn connect(host: &str, tried: usize, e: ConnectError) -> HttpConnectError {
@@ -466,6 +591,7 @@ impl fmt::Debug for HttpConnectError {
         match &self.source {
             Some(Source::Connect(e)) => d.field("source", e),
             Some(Source::Io(e)) => d.field("source", e),
+            Some(Source::Other(e)) => d.field("source", e),
             None => &mut d,
         };
         d.finish()
@@ -483,6 +609,7 @@ impl std::error::Error for HttpConnectError {
         match &self.source {
             Some(Source::Connect(e)) => Some(e),
             Some(Source::Io(e)) => Some(e),
+            Some(Source::Other(e)) => Some(&**e),
             None => None,
         }
     }
@@ -495,15 +622,6 @@ mod tests {
 
     fn uri(s: &str) -> Uri {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn timeout_is_split_across_addresses() {
-        let t = Some(Duration::from_millis(900));
-        assert_eq!(split_timeout(t, 3), Some(Duration::from_millis(300)));
-        assert_eq!(split_timeout(t, 1), t);
-        assert_eq!(split_timeout(t, 0), t);
-        assert_eq!(split_timeout(None, 3), None);
     }
 
     #[test]
