@@ -24,6 +24,8 @@ mod error;
 pub mod history;
 pub mod model;
 #[cfg(target_os = "linux")]
+pub mod nat;
+#[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod netns;
 pub mod procfs;
