@@ -388,3 +388,147 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::rules::{Action, Origin};
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn entry(orig_src: &str, nat: &str, dst: &str, state: CtTcpState, status: u32) -> Entry {
+        Entry {
+            orig_src: sa(orig_src),
+            orig_dst: sa(dst),
+            reply_src: sa(dst),
+            reply_dst: sa(nat),
+            status,
+            state: Some(state),
+        }
+    }
+
+    fn rule(addresses: Option<(&str, &str)>, ports: Option<(u16, u16)>) -> NatRule {
+        NatRule {
+            origin: Origin::Nftables,
+            action: if addresses.is_some() {
+                Action::Snat
+            } else {
+                Action::Masquerade
+            },
+            addresses: addresses.map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())),
+            ports,
+            random_fully: false,
+            random: false,
+            persistent: false,
+            location: format!("{addresses:?} {ports:?}"),
+        }
+    }
+
+    #[test]
+    fn groups_by_post_nat_source_and_destination_with_state_counts() {
+        let snat = conntrack::IPS_SRC_NAT | 0b1110;
+        let mut g = Grouper::default();
+        for (i, st) in [
+            CtTcpState::Established,
+            CtTcpState::TimeWait,
+            CtTcpState::TimeWait,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            g.add(&entry(
+                &format!("10.0.0.{}:4000{i}", i + 1),
+                &format!("198.18.0.1:2000{i}"),
+                "198.18.0.2:80",
+                st,
+                snat,
+            ));
+        }
+        // Another destination port, another NAT address, and a non-NAT entry.
+        g.add(&entry(
+            "10.0.0.1:1",
+            "198.18.0.1:20050",
+            "198.18.0.2:443",
+            CtTcpState::SynSent,
+            snat,
+        ));
+        g.add(&entry(
+            "10.0.0.1:2",
+            "198.18.0.9:20051",
+            "198.18.0.2:80",
+            CtTcpState::Established,
+            snat,
+        ));
+        g.add(&entry(
+            "10.0.0.1:3",
+            "10.0.0.1:3",
+            "198.18.0.2:80",
+            CtTcpState::Established,
+            0b1110,
+        ));
+        assert_eq!(g.snat_entries, 5);
+        let groups = g.finish(&[rule(None, Some((20000, 20099)))], true);
+        assert_eq!(groups.len(), 3);
+        let top = &groups[0];
+        assert_eq!(top.key.nat_source, "198.18.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(top.key.destination, sa("198.18.0.2:80"));
+        assert_eq!(top.total, 3);
+        assert_eq!(top.states.get(CtTcpState::TimeWait), 2);
+        assert_eq!(top.states.get(CtTcpState::Established), 1);
+        assert_eq!(top.ports_seen, (20000, 20002));
+        assert_eq!(top.capacity.ports, 100);
+        assert!((top.utilization() - 0.03).abs() < 1e-9);
+        let json = serde_json::to_value(top).unwrap();
+        assert_eq!(json["states"]["TIME_WAIT"], 2);
+        assert_eq!(json["destination"], "198.18.0.2:80");
+        assert!(
+            json["states"].get("CLOSE").is_none(),
+            "zero states are left out"
+        );
+    }
+
+    #[test]
+    fn capacity_from_the_rule_that_explains_the_ports_else_the_kernel_default() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let rules = [
+            rule(None, Some((20000, 20099))),
+            rule(Some(("203.0.113.1", "203.0.113.4")), Some((1024, 2047))),
+            rule(Some(("203.0.113.9", "203.0.113.9")), None),
+        ];
+        let c = capacity_for(ip("198.18.0.1"), (20010, 20090), &rules, true);
+        assert_eq!((c.ports, c.range), (100, (20000, 20099)));
+        let c = capacity_for(ip("203.0.113.2"), (1500, 1600), &rules, true);
+        assert_eq!((c.ports, c.range), (1024, (1024, 2047)));
+        // Ports outside every range: only a range-less rule fits.
+        let c = capacity_for(ip("203.0.113.9"), (40000, 50000), &rules, true);
+        assert_eq!(c.ports, DEFAULT_NAT_PORTS);
+        assert_eq!(c.range, (1024, 65535));
+        match &c.basis {
+            Basis::KernelDefault { reason } => {
+                assert!(reason.contains("sets no port range"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing fits: the default, saying why.
+        let c = capacity_for(ip("203.0.113.2"), (40000, 40001), &rules, true);
+        match &c.basis {
+            Basis::KernelDefault { reason } => {
+                assert!(
+                    reason.contains("no NAT rule") && reason.contains("203.0.113.2"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = capacity_for(ip("203.0.113.2"), (40000, 40001), &[], false);
+        match &c.basis {
+            Basis::KernelDefault { reason } => {
+                assert!(reason.contains("could not be read"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(DEFAULT_NAT_PORTS, 64_512);
+    }
+}
