@@ -310,12 +310,14 @@ fn legacy_nat_loaded(file: &str) -> bool {
 /// that cannot be read leaves a note and does not fail the others.
 pub fn read() -> Rules {
     let mut r = Rules::default();
-    let mut xt = 0;
+    // iptables-nft rules appear in the nft ruleset as `xt` targets; without
+    // any (and with nft readable) there is nothing for iptables-nft-save to add.
+    let mut xt = None;
     match run("nft", &["-j", "list", "ruleset"]) {
         Ok(Some(text)) => match parse_nft_json(&text) {
             Ok((rules, n)) => {
                 r.rules.extend(rules);
-                xt = n;
+                xt = Some(n);
             }
             Err(e) => r.notes.push(e),
         },
@@ -324,17 +326,18 @@ pub fn read() -> Rules {
             .push("nft is not installed (apt-get install nftables): nftables rules unknown".into()),
         Err(e) => r.notes.push(e),
     }
-    for tool in ["iptables-nft-save", "ip6tables-nft-save"] {
-        match run(tool, &["-t", "nat"]) {
-            Ok(Some(text)) => match parse_iptables_save(&text, Origin::IptablesNft) {
-                Ok(rules) => r.rules.extend(rules),
-                Err(e) => r.notes.push(format!("{tool}: {e}")),
-            },
-            Ok(None) if xt > 0 => r.notes.push(format!(
-                "{xt} iptables-nft NAT rule(s) found but {tool} is not installed (apt-get install iptables): their port ranges are unknown"
-            )),
-            Ok(None) => {}
-            Err(e) => r.notes.push(e),
+    if xt != Some(0) {
+        for tool in ["iptables-nft-save", "ip6tables-nft-save"] {
+            match run(tool, &["-t", "nat"]) {
+                Ok(Some(text)) => match parse_iptables_save(&text, Origin::IptablesNft) {
+                    Ok(rules) => r.rules.extend(rules),
+                    Err(e) => r.notes.push(format!("{tool}: {e}")),
+                },
+                Ok(None) => r.notes.push(format!(
+                    "{tool} is not installed (apt-get install iptables): iptables-nft NAT port ranges unknown"
+                )),
+                Err(e) => r.notes.push(e),
+            }
         }
     }
     for (names, tool) in [
