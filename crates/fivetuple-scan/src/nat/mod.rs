@@ -29,6 +29,8 @@
 //! kernels while every other state holds its port; the per-state counts
 //! keep the two apart.
 
+pub mod advice;
+pub mod analysis;
 pub mod conntrack;
 pub mod rules;
 
