@@ -264,9 +264,6 @@ fn main() {
             eprintln!("inserted {n} entries in {:.1?}", t.elapsed());
             assert_eq!(dump_and_group(), n as usize);
 
-            let ours = time(|| {
-                dump_and_group();
-            });
             // The methods take turns, round after round, so a change of load
             // on the shared machine hits all of them alike; medians reported.
             let mut v: [Vec<Duration>; 5] = Default::default();
