@@ -3,7 +3,8 @@
 //!
 //! Exit codes: `doctor` follows the monitoring-plugin convention (0 ok,
 //! 1 warning, 2 critical, 3 unknown). Bad arguments and errors exit 3.
-//! `repro` exits 0 when the experiment ran and 2 on bad arguments.
+//! `repro` exits 0 when the experiment ran, 2 on bad arguments, 3 on other
+//! errors, and 130/143 after Ctrl-C/SIGTERM (finished rows printed first).
 //! `exporter` exits 0 on SIGINT/SIGTERM. `top` exits 0 on q and 2 when
 //! stdout is not a terminal.
 //! A broken pipe (e.g. `fivetuple doctor | head`) exits quietly.
@@ -13,9 +14,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod attach;
 mod doctor;
 mod exporter;
 mod repro;
+mod run;
 mod table_args;
 mod top;
 
@@ -40,6 +43,14 @@ enum Command {
     Exporter(exporter::Args),
     /// Live terminal view of per-destination port headroom, refreshed every second.
     Top(top::Args),
+    /// Run a command with a port policy applied in the kernel to it and its children (cgroup connect hook).
+    Run(run::Args),
+    /// Apply a port policy in the kernel to a running service's cgroup, pinned until detach.
+    Attach(attach::AttachArgs),
+    /// Remove the policy attached to a cgroup.
+    Detach(attach::DetachArgs),
+    /// List the attached policies with their counters.
+    Attached(attach::ListArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,12 +70,16 @@ fn main() -> ExitCode {
         }
     };
     let stdout = io::stdout();
-    let mut out = stdout.lock();
+    let mut out = Stdout(stdout.lock());
     let result = match cli.command {
         Command::Doctor(args) => doctor::run(args, &mut out),
         Command::Repro(args) => repro::run(args, &mut out),
         Command::Exporter(args) => exporter::run(args, &mut out),
         Command::Top(args) => top::run(args),
+        Command::Run(args) => run::run(args, &mut out),
+        Command::Attach(args) => attach::attach(args, &mut out),
+        Command::Detach(args) => attach::detach(args, &mut out),
+        Command::Attached(args) => attach::list(args, &mut out),
     };
     let result = result.and_then(|code| out.flush().map(|()| code).map_err(Into::into));
     match result {
@@ -75,6 +90,25 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_UNKNOWN)
         }
     }
+}
+
+/// Stdout whose write errors say they are about stdout (`> /dev/full`
+/// gives "cannot write to stdout: No space left on device"). The error kind
+/// is kept, so a broken pipe still exits quietly.
+struct Stdout<W>(W);
+
+impl<W: Write> Write for Stdout<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(stdout_error)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().map_err(stdout_error)
+    }
+}
+
+fn stdout_error(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot write to stdout: {e}"))
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

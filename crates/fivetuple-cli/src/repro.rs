@@ -24,7 +24,7 @@ pub const EXIT_USAGE: u8 = 2;
 /// is named in the message and exits 2.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Remedies to run, comma-separated: naive, auth, wide-range, tw-reuse, rotate, spread, pooled.
+    /// Remedies to run, comma-separated: naive, auth, wide-range, tw-reuse, rotate, spread, pooled; attach (root, BPF) only when named.
     #[arg(
         long,
         value_name = "LIST",

@@ -48,6 +48,10 @@ pub enum Remedy {
     Spread,
     /// A keep-alive pool: the real fix.
     Pooled,
+    /// The naive client, unmodified, with `fivetuple run`'s cgroup connect
+    /// hook rotating over the range in the kernel. Needs root and BPF, so it
+    /// runs only when named (`--only naive,attach`).
+    Attach,
 }
 
 impl Remedy {
@@ -62,6 +66,10 @@ impl Remedy {
         Remedy::Pooled,
     ];
 
+    /// Remedies that run only when named with `--only` (`attach` needs root
+    /// and BPF, which the default run does not).
+    pub const OPT_IN: [Remedy; 1] = [Remedy::Attach];
+
     /// The name used on the command line and in the output.
     pub fn name(self) -> &'static str {
         match self {
@@ -72,6 +80,7 @@ impl Remedy {
             Remedy::Rotate => "rotate",
             Remedy::Spread => "spread",
             Remedy::Pooled => "pooled",
+            Remedy::Attach => "attach",
         }
     }
 
@@ -85,6 +94,7 @@ impl Remedy {
             Remedy::Rotate => "remedy 3: explicit bind rotating over the range with SO_REUSEADDR (takes over TIME_WAIT when timestamps are on)",
             Remedy::Spread => "16 source addresses (IP_BIND_ADDRESS_NO_PORT): 16 times the ports",
             Remedy::Pooled => "keep-alive pool: no new connection per call, the real fix",
+            Remedy::Attach => "the naive client unmodified, fixed in the kernel: fivetuple run's cgroup connect hook rotating over the range",
         }
     }
 
@@ -105,6 +115,7 @@ impl FromStr for Remedy {
     fn from_str(s: &str) -> Result<Remedy, LabError> {
         Remedy::ALL
             .into_iter()
+            .chain(Remedy::OPT_IN)
             .find(|r| r.name() == s.trim())
             .ok_or_else(|| LabError::BadArgument {
                 flag: "--only",
@@ -115,7 +126,12 @@ impl FromStr for Remedy {
 }
 
 fn names() -> String {
-    Remedy::ALL.map(Remedy::name).join(", ")
+    Remedy::ALL
+        .into_iter()
+        .chain(Remedy::OPT_IN)
+        .map(Remedy::name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Parses `--only naive,rotate`: a comma-separated list, duplicates removed,

@@ -12,6 +12,7 @@ pub mod chart;
 pub mod config;
 pub mod driver;
 mod error;
+mod hook;
 pub mod netns;
 pub mod report;
 pub mod scenario;

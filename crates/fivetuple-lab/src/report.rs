@@ -173,8 +173,8 @@ impl Budget {
             Remedy::Pooled => None,
             // An explicit bind takes over a TIME_WAIT at once when it carried
             // timestamps (tcp_twsk_unique without twp).
-            Remedy::Rotate if timestamps => None,
-            Remedy::Rotate => Some(TIME_WAIT_SECS),
+            Remedy::Rotate | Remedy::Attach if timestamps => None,
+            Remedy::Rotate | Remedy::Attach => Some(TIME_WAIT_SECS),
             _ => Some(kernel_hold),
         };
         Budget { endpoints, hold_s }

@@ -272,6 +272,14 @@ fn outbound(
                 text,
             )
         }
+        Remedy::Attach => (
+            per_call(Arc::new(fivetuple::KernelDefault), false),
+            1,
+            format!(
+                "kernel picks the port, closed per call; the cgroup connect hook binds rotate:{}-{}",
+                range[0], range[1]
+            ),
+        ),
         Remedy::Pooled => (
             Outbound::pooled(upstream),
             1,
@@ -350,6 +358,7 @@ fn run_loopback(
         let (range, reuse, reuse_delay_ms) = configure_client(&config, remedy)?;
         let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, UPSTREAM_PORT));
         let (out, sources, client) = outbound(&config, remedy, range, upstream)?;
+        let _hook = crate::hook::KernelHook::for_remedy(remedy, range, upstream)?;
         let rt = runtime()?;
         let mode = if remedy == Remedy::Auth {
             UpstreamMode::Auth
@@ -499,6 +508,7 @@ fn run_two_hosts(
         }
         let upstream = SocketAddr::from((HOST_B, UPSTREAM_PORT));
         let (out, sources, client) = outbound(&config, remedy, range, upstream)?;
+        let _hook = crate::hook::KernelHook::for_remedy(remedy, range, upstream)?;
         let rt = runtime()?;
         let outcome = rt.block_on(async {
             wait_until_answers(upstream, &stop).await?;
