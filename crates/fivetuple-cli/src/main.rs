@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 mod attach;
 mod doctor;
 mod exporter;
+mod nat_report;
 mod repro;
 mod run;
 mod table_args;

@@ -5,6 +5,8 @@
 //! and sockets with a chosen source address. Linux only; not published.
 #![deny(missing_docs)]
 
+pub mod nat;
+
 pub mod hostile;
 
 use std::io::Read;
