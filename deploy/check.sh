@@ -1,7 +1,7 @@
 #!/bin/sh
 # Checks deploy/ and the exporter's output with Prometheus' own tools:
 #   1. promtool check rules   deploy/prometheus/alerts.yml
-#   2. promtool test rules    deploy/prometheus/alerts.test.yml
+#   2. promtool test rules    deploy/prometheus/alerts.test.yml and pod-join.test.yml
 #   3. promtool check metrics on a real scrape of `fivetuple exporter`
 #      (Prometheus text format), plus the OpenMetrics answer's content type
 #      and `# EOF` terminator
@@ -22,6 +22,8 @@ echo "== promtool check rules"
 promtool check rules deploy/prometheus/alerts.yml
 echo "== promtool test rules"
 promtool test rules deploy/prometheus/alerts.test.yml
+echo "== promtool test rules (the --all-netns pod join of docs/exporter.md)"
+promtool test rules deploy/prometheus/pod-join.test.yml
 
 tmp=$(mktemp -d)
 pid=

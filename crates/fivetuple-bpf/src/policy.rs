@@ -65,6 +65,14 @@ pub enum Error {
     State(String),
 }
 
+impl From<fivetuple::PortRangeError> for Error {
+    /// A bad port range is a bad specification, as the library reports it
+    /// (`PortRange` moved to `fivetuple-kernel`; the text is unchanged).
+    fn from(e: fivetuple::PortRangeError) -> Error {
+        Error::Spec(e.into())
+    }
+}
+
 impl Error {
     /// True when the error names something missing on the host (exit 3 in the CLI).
     pub fn is_missing(&self) -> bool {

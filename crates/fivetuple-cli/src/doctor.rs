@@ -7,12 +7,14 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
 
+mod node;
+
 use crate::table_args::{TableArgs, ThresholdArgs};
 use anyhow::{Context, Result};
 use fivetuple_scan::model::{self, Analysis, Destination, Severity, Snapshot, Thresholds};
 use fivetuple_scan::nat::{self, analysis::NatAnalysis};
 use fivetuple_scan::netns::{self, Target};
-use fivetuple_scan::{procs, Reader, ScanError, Settings};
+use fivetuple_scan::{procs, Reader, ScanError, Settings, TcpState};
 use serde::Serialize;
 
 /// Version of the `--json` document; bumped only on incompatible changes.
@@ -49,6 +51,7 @@ pub struct Args {
 #[derive(Debug, Clone)]
 struct Config {
     json: bool,
+    all_netns: bool,
     target: Target,
     top: usize,
     thresholds: Thresholds,
@@ -61,11 +64,15 @@ impl Config {
     fn resolve(args: Args) -> Result<Config> {
         let thresholds = args.thresholds.thresholds()?;
         let target = args.table.target();
+        if args.table.all_netns {
+            args.table.check_all_netns()?;
+        }
         // Open the namespace now so a bad --netns/--pid fails before any scan.
         netns::open(&target)?;
         let reader = args.table.reader();
         Ok(Config {
             json: args.json,
+            all_netns: args.table.all_netns,
             target,
             top: args.top,
             thresholds,
@@ -108,6 +115,9 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 /// Runs `doctor` and returns the exit code.
 pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     let cfg = Config::resolve(args)?;
+    if cfg.all_netns {
+        return node::run(&cfg, out);
+    }
     let (reader, interval) = (cfg.reader, cfg.interval);
     let scans = netns::run_in(&cfg.target, move || -> Result<_, ScanError> {
         // The NAT view costs two netlink round trips where there is no NAT.
@@ -151,7 +161,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     }
     let code = exit_code(analysis.status);
     if cfg.json {
-        write_json(out, &cfg, &now, &analysis, nat.as_ref(), code)?;
+        write_json(out, &cfg, &now, &analysis, nat.as_ref())?;
     } else {
         write_report(out, &cfg, &now, &analysis, nat.as_ref(), code)?;
     }
@@ -190,7 +200,8 @@ struct JsonDoc<'a> {
     destinations: &'a [Destination],
     findings: &'a [model::Finding],
     notes: &'a [String],
-    /// The NAT section; `null` when the namespace has no source-NAT hook.
+    /// The NAT section; absent when the namespace has no source-NAT hook.
+    #[serde(skip_serializing_if = "Option::is_none")]
     nat: Option<JsonNat<'a>>,
 }
 
@@ -199,6 +210,61 @@ struct JsonNat<'a> {
     #[serde(flatten)]
     analysis: &'a NatAnalysis,
     destinations_total: usize,
+}
+
+/// What the document says about one namespace (the top level of a
+/// one-namespace document; each entry of `namespaces` with `--all-netns`).
+#[derive(Serialize)]
+struct JsonBody<'a> {
+    status: Severity,
+    exit_code: u8,
+    source: fivetuple_scan::Source,
+    settings: JsonSettings<'a>,
+    counters: JsonCounters<'a>,
+    totals: &'a model::Totals,
+    destinations_total: usize,
+    destinations: &'a [Destination],
+    findings: &'a [model::Finding],
+    notes: &'a [String],
+}
+
+impl<'a> JsonBody<'a> {
+    fn new(
+        cfg: &Config,
+        settings: &'a Settings,
+        counters: &'a fivetuple_scan::Counters,
+        a: &'a Analysis,
+    ) -> JsonBody<'a> {
+        JsonBody {
+            status: a.status,
+            exit_code: exit_code(a.status),
+            source: a.source,
+            settings: JsonSettings {
+                settings,
+                usable_ports: a.totals.usable_ports,
+            },
+            counters: JsonCounters {
+                counters,
+                active_opens_per_s: a.active_opens_per_s,
+            },
+            totals: &a.totals,
+            destinations_total: a.destinations.len(),
+            destinations: shown(cfg, a),
+            findings: &a.findings,
+            notes: &a.notes,
+        }
+    }
+}
+
+impl JsonThresholds {
+    fn new(t: &Thresholds) -> JsonThresholds {
+        JsonThresholds {
+            warn_pct: t.warn_pct,
+            crit_pct: t.crit_pct,
+            warn_seconds: t.warn_seconds,
+            crit_seconds: t.crit_seconds,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -229,8 +295,9 @@ fn write_json(
     now: &Snapshot,
     a: &Analysis,
     nat: Option<&NatAnalysis>,
-    code: u8,
 ) -> Result<()> {
+    // The one-namespace document keeps its field order (golden files).
+    let b = JsonBody::new(cfg, &now.settings, &now.counters, a);
     let nat = nat.map(|n| {
         let mut shown = n.clone();
         shown
@@ -240,30 +307,19 @@ fn write_json(
     });
     let doc = JsonDoc {
         schema_version: SCHEMA_VERSION,
-        status: a.status,
-        exit_code: code,
+        status: b.status,
+        exit_code: b.exit_code,
         namespace: cfg.target.to_string(),
-        source: a.source,
+        source: b.source,
         interval_s: cfg.interval.as_secs_f64(),
-        thresholds: JsonThresholds {
-            warn_pct: cfg.thresholds.warn_pct,
-            crit_pct: cfg.thresholds.crit_pct,
-            warn_seconds: cfg.thresholds.warn_seconds,
-            crit_seconds: cfg.thresholds.crit_seconds,
-        },
-        settings: JsonSettings {
-            settings: &now.settings,
-            usable_ports: a.totals.usable_ports,
-        },
-        counters: JsonCounters {
-            counters: &now.counters,
-            active_opens_per_s: a.active_opens_per_s,
-        },
-        totals: &a.totals,
-        destinations_total: a.destinations.len(),
-        destinations: shown(cfg, a),
-        findings: &a.findings,
-        notes: &a.notes,
+        thresholds: JsonThresholds::new(&cfg.thresholds),
+        settings: b.settings,
+        counters: b.counters,
+        totals: b.totals,
+        destinations_total: b.destinations_total,
+        destinations: b.destinations,
+        findings: b.findings,
+        notes: b.notes,
         nat: nat.as_ref().map(|(analysis, total)| JsonNat {
             analysis,
             destinations_total: *total,
@@ -278,6 +334,14 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "n/a".to_string(), |v| v.to_string())
 }
 
+fn rate_note(cfg: &Config) -> String {
+    if cfg.interval.is_zero() {
+        "one scan, no rate (--interval 0)".to_string()
+    } else {
+        format!("rate over {} s", cfg.interval.as_secs_f64())
+    }
+}
+
 fn write_report(
     out: &mut dyn Write,
     cfg: &Config,
@@ -286,34 +350,37 @@ fn write_report(
     nat: Option<&NatAnalysis>,
     code: u8,
 ) -> Result<()> {
-    let s = &now.settings;
-    let t = &a.totals;
-    let rate = if cfg.interval.is_zero() {
-        "one scan, no rate (--interval 0)".to_string()
-    } else {
-        format!("rate over {} s", cfg.interval.as_secs_f64())
-    };
     writeln!(
         out,
-        "fivetuple doctor: namespace {}, socket table from {} ({} sockets), {rate}",
-        cfg.target, a.source, t.sockets
+        "fivetuple doctor: namespace {}, socket table from {} ({} sockets), {}",
+        cfg.target,
+        a.source,
+        a.totals.sockets,
+        rate_note(cfg)
     )?;
+    write_namespace(out, cfg, &now.settings, &now.counters, a)?;
+    if let Some(n) = nat {
+        crate::nat_report::write_text(out, n, cfg.top, severity_name)?;
+    }
+    writeln!(out, "\nStatus: {} (exit {code})", severity_name(a.status))?;
+    Ok(())
+}
+
+/// Settings, sockets, destinations, findings and notes of one namespace.
+fn write_namespace(
+    out: &mut dyn Write,
+    cfg: &Config,
+    s: &Settings,
+    c: &fivetuple_scan::Counters,
+    a: &Analysis,
+) -> Result<()> {
+    let t = &a.totals;
     writeln!(out, "\nSettings")?;
-    let (lo, hi) = s.ip_local_port_range;
+    let (lo, hi) = s.ip_local_port_range.bounds();
     let reserved = if s.ip_local_reserved_ports.is_empty() {
         "(none)".to_string()
     } else {
-        s.ip_local_reserved_ports
-            .iter()
-            .map(|&(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        s.ip_local_reserved_ports.to_string()
     };
     let reuse_meaning = match s.tcp_tw_reuse {
         0 => "off: connect() never reuses a TIME_WAIT 4-tuple",
@@ -366,7 +433,6 @@ fn write_report(
     for (k, v, m) in rows {
         writeln!(out, "  {k:<34} {v:<12} {m}")?;
     }
-    let c = &now.counters;
     writeln!(
         out,
         "  counters: ActiveOpens {}{}, TcpExt TW {}, TWRecycled {}, TCPTimeWaitOverflow {}, sockstat tw {}",
@@ -430,9 +496,9 @@ fn write_report(
             "EXHAUST IN"
         )?;
         for d in list {
-            let tw = d.states.get("TIME_WAIT").copied().unwrap_or(0);
-            let est = d.states.get("ESTABLISHED").copied().unwrap_or(0);
-            let other = d.states.values().sum::<u32>() - tw - est;
+            let tw = d.states.get(TcpState::TimeWait);
+            let est = d.states.get(TcpState::Established);
+            let other = d.states.total() - tw - est;
             let f = d.time_wait_freeing;
             let procs = if d.processes.is_empty() {
                 "-".to_string()
@@ -484,10 +550,6 @@ fn write_report(
             writeln!(out, "  {n}")?;
         }
     }
-    if let Some(n) = nat {
-        crate::nat_report::write_text(out, n, cfg.top, severity_name)?;
-    }
-    writeln!(out, "\nStatus: {} (exit {code})", severity_name(a.status))?;
     Ok(())
 }
 
@@ -527,3 +589,6 @@ mod tests {
         assert_eq!(exit_code(Severity::Critical), 2);
     }
 }
+
+#[cfg(test)]
+mod golden;

@@ -31,6 +31,7 @@ use prometheus_client::registry::Registry;
 mod counters;
 mod destinations;
 mod flight;
+mod node;
 mod scrape;
 mod server;
 mod settings;
@@ -211,9 +212,26 @@ pub fn counters(
 
 /// Builds the registry: settings, destinations, counters, then self.
 /// Everything registered reads the namespace of the thread that encodes it.
-pub fn registry(reader: Reader, top_k: usize, stats: Arc<server::Stats>) -> Registry {
+/// With `all_netns`, one `netns` collector reads every namespace of the
+/// node instead (the scrape thread then stays in the host namespace).
+pub fn registry(
+    reader: Reader,
+    top_k: usize,
+    all_netns: bool,
+    stats: Arc<server::Stats>,
+) -> Registry {
     let log = Arc::new(RunLog::default());
     let mut r = Registry::default();
+    if all_netns {
+        r.register_collector(Box::new(node::NodeCollector::new(
+            reader,
+            fivetuple_scan::node::default_workers(),
+            top_k,
+            log.clone(),
+        )));
+        r.register_collector(Box::new(scrape::SelfCollector::new(log, stats)));
+        return r;
+    }
     r.register_collector(Box::new(settings::SettingsCollector::new(
         read_settings,
         log.clone(),
@@ -252,9 +270,10 @@ fn scrape_loop(
     runway: flight::Runway,
     reader: Reader,
     top_k: usize,
+    all_netns: bool,
     stats: Arc<server::Stats>,
 ) {
-    let mut registry = registry(reader, top_k, stats.clone());
+    let mut registry = registry(reader, top_k, all_netns, stats.clone());
     let mut gone = false;
     while let Some(job) = runway.next() {
         let body = match follower.check() {
@@ -264,7 +283,7 @@ fn scrape_loop(
                         "fivetuple exporter: the {} network namespace is now {to} (was {from}); watching the new one, rates start over",
                         follower.target()
                     );
-                    registry = self::registry(reader, top_k, stats.clone());
+                    registry = self::registry(reader, top_k, all_netns, stats.clone());
                 } else if gone {
                     eprintln!(
                         "fivetuple exporter: the {} network namespace is back ({}); collectors read it again",
@@ -327,6 +346,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     let target = args.table.target();
     let reader = args.table.reader();
+    let all_netns = args.table.all_netns;
+    if all_netns {
+        args.table.check_all_netns()?;
+    }
     let web = match &args.web_config_file {
         Some(f) => web_config::WebConfig::load(f)?,
         None => web_config::WebConfig {
@@ -369,7 +392,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
                 return;
             }
             let _ = entered_tx.send(Ok(()));
-            scrape_loop(follower, runway, reader, top_k, thread_stats);
+            scrape_loop(follower, runway, reader, top_k, all_netns, thread_stats);
         })
         .context("cannot start the scrape thread")?;
     entered_rx
@@ -377,6 +400,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         .context("the scrape thread stopped before it started")?
         .with_context(|| format!("cannot read the {target} network namespace"))?;
 
+    let scope = if all_netns {
+        "every network namespace".to_string()
+    } else {
+        format!("{target} network namespace")
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -393,10 +421,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         // nobody told where, or exit 0 as a quiet broken pipe would.
         writeln!(
             out,
-            "fivetuple exporter: listening on {scheme}://{bound}/metrics ({target} network namespace{auth_note})"
+            "fivetuple exporter: listening on {scheme}://{bound}/metrics ({scope}{auth_note})"
         )
         .and_then(|()| out.flush())
-        .map_err(|e| anyhow::anyhow!("the startup line was not written to stdout ({e}); not serving"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("the startup line was not written to stdout ({e}); not serving")
+        })?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let stop = async move {
             tokio::select! {
@@ -457,7 +487,7 @@ mod tests {
         r.register_collector(Box::new(settings::SettingsCollector::new(
             || {
                 Ok(fivetuple_scan::Settings {
-                    ip_local_port_range: (40000, 40099),
+                    ip_local_port_range: fivetuple_scan::PortRange::new(40000, 40099).unwrap(),
                     tcp_max_tw_buckets: 1024,
                     ..fivetuple_scan::Settings::default()
                 })
@@ -505,3 +535,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod golden;

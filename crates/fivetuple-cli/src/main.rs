@@ -8,6 +8,11 @@
 //! `exporter` exits 0 on SIGINT/SIGTERM. `top` exits 0 on q and 2 when
 //! stdout is not a terminal.
 //! A broken pipe (e.g. `fivetuple doctor | head`) exits quietly.
+//!
+//! What this crate owns: arguments, output formats (text, `--json`,
+//! metrics, the terminal view) and exit codes. It computes no kernel fact or
+//! budget itself: those come from `fivetuple-kernel` through
+//! `fivetuple-scan`, the lab and the BPF crate (docs/architecture.md).
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -17,6 +22,8 @@ use clap::{Parser, Subcommand};
 mod attach;
 mod doctor;
 mod exporter;
+#[cfg(test)]
+mod golden;
 mod nat_report;
 mod repro;
 mod run;
@@ -110,6 +117,19 @@ impl<W: Write> Write for Stdout<W> {
 
 fn stdout_error(e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot write to stdout: {e}"))
+}
+
+/// An error and its sources, `: `-separated, as `{:#}` prints an `anyhow`
+/// chain; for errors that are reported but not returned.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

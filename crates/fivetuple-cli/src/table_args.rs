@@ -5,6 +5,7 @@
 use anyhow::{bail, Result};
 use fivetuple_scan::model::Thresholds;
 use fivetuple_scan::netns::Target;
+use fivetuple_scan::node::Capability;
 use fivetuple_scan::Reader;
 
 /// Raw namespace and reader arguments, as typed; flattened into each
@@ -14,6 +15,9 @@ pub struct TableArgs {
     /// Read the named network namespace under /run/netns.
     #[arg(long, value_name = "NAME", conflicts_with = "pid")]
     pub netns: Option<String>,
+    /// Read every network namespace of the host (/proc/*/ns/net and /run/netns), labelled by container and pod; needs CAP_SYS_ADMIN and CAP_SYS_PTRACE.
+    #[arg(long, conflicts_with_all = ["netns", "pid"])]
+    pub all_netns: bool,
     /// Read the network namespace of this process.
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
@@ -30,6 +34,31 @@ impl TableArgs {
             (None, Some(pid)) => Target::Pid(pid),
             (None, None) => Target::Current,
         }
+    }
+
+    /// With `--all-netns`: fails, naming them, when this process lacks a
+    /// capability that reading every namespace needs, so a partial node is
+    /// never reported as the whole one.
+    pub fn check_all_netns(&self) -> Result<()> {
+        let missing = fivetuple_scan::node::missing_capabilities_now()?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let why: Vec<String> = missing
+            .iter()
+            .map(|c| match c {
+                Capability::SysAdmin => {
+                    format!("{} (setns() into another network namespace)", c.name())
+                }
+                Capability::SysPtrace => {
+                    format!("{} (opening other users' /proc/PID/ns/net)", c.name())
+                }
+            })
+            .collect();
+        bail!(
+            "--all-netns needs {}, which this process lacks; run it as root or grant the capabilities (deploy/kubernetes/daemonset.yaml, deploy/systemd/fivetuple-exporter.service); without --all-netns the current namespace needs neither",
+            why.join(" and ")
+        )
     }
 
     /// The reader `--source` names (clap has already rejected other values).

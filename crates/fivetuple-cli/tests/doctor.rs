@@ -287,26 +287,22 @@ fn netns_root_named_netns_and_rate() {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let worker = std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        // SAFETY: valid namespace fd; setns moves only this thread.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-            0
-        );
-        let l = TcpListener::bind("127.0.0.1:7777").unwrap();
-        let mut keep = Vec::new();
-        for _ in 0..20 {
-            keep.push(TcpStream::connect("127.0.0.1:7777").unwrap());
-            keep.push(l.accept().unwrap().0);
-        }
-        ready_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        for _ in 0..20 {
-            keep.push(TcpStream::connect("127.0.0.1:7777").unwrap());
-            keep.push(l.accept().unwrap().0);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = stop_rx.recv_timeout(Duration::from_secs(20));
+        fivetuple_testkit::in_netns(&path, move || {
+            let l = TcpListener::bind("127.0.0.1:7777").unwrap();
+            let mut keep = Vec::new();
+            for _ in 0..20 {
+                keep.push(TcpStream::connect("127.0.0.1:7777").unwrap());
+                keep.push(l.accept().unwrap().0);
+            }
+            ready_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            for _ in 0..20 {
+                keep.push(TcpStream::connect("127.0.0.1:7777").unwrap());
+                keep.push(l.accept().unwrap().0);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = stop_rx.recv_timeout(Duration::from_secs(20));
+        })
     });
     ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let out = doctor(&["--json", "--netns", &name, "--interval", "2s"]);

@@ -8,11 +8,11 @@ mod support;
 
 use support::*;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -27,124 +27,6 @@ fn make_time_wait(src: [u8; 4], listener: &TcpListener, n: usize) {
         let mut b = [0u8; 1];
         assert_eq!(s.read(&mut b).unwrap(), 0);
     }
-}
-
-/// A child process killed (by its own pid) when the guard goes away.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A directory removed when the guard goes away.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("fivetuple-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts the exporter with `args` (plus `--listen 127.0.0.1:0` unless given)
-/// and returns it with the address it printed.
-fn start_exporter(args: &[&str], tweak: impl FnOnce(&mut Command)) -> (Reaper, SocketAddr) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("exporter");
-    if !args.contains(&"--listen") {
-        cmd.args(["--listen", "127.0.0.1:0"]);
-    }
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    tweak(&mut cmd);
-    let mut child = cmd.spawn().expect("run fivetuple exporter");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    if line.is_empty() {
-        let mut err = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-        let _ = child.wait();
-        panic!("the exporter printed no address; stderr:\n{err}");
-    }
-    let addr = line
-        .split("://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    (Reaper(child), addr)
-}
-
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-fn request(addr: SocketAddr, method: &str, path: &str, accept: Option<&str>) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {raw:?}"));
-    Reply {
-        status,
-        head: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    }
-}
-
-fn get(addr: SocketAddr, path: &str) -> Reply {
-    request(addr, "GET", path, None)
-}
-
-/// The value of the sample whose line starts with `prefix` (name and labels).
-fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn promtool_check(text: &str, dir: &Path) {
-    let f = dir.join("scrape.txt");
-    std::fs::write(&f, text).unwrap();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("promtool check metrics < {}", f.display()))
-        .output()
-        .expect("run promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn urlencode(s: &str) -> String {
@@ -430,33 +312,22 @@ fn netns_root_runs_without_root_and_watches_a_named_netns() {
         }
     }
     let _del = DelNetns(name.clone());
-    let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-    let keep = std::thread::scope(|s| {
-        s.spawn(|| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns moves only this thread; the fd is open.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            assert!(Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .unwrap()
-                .success());
-            let l = TcpListener::bind("127.0.0.1:7070").unwrap();
-            let mut keep = Vec::new();
-            for _ in 0..25 {
-                keep.push(connect_from(
-                    [127, 0, 0, 3],
-                    "127.0.0.1:7070".parse().unwrap(),
-                ));
-                keep.push(l.accept().unwrap().0);
-            }
-            (l, keep)
-        })
-        .join()
-        .unwrap()
+    let keep = fivetuple_testkit::in_netns(format!("/run/netns/{name}"), || {
+        assert!(Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success());
+        let l = TcpListener::bind("127.0.0.1:7070").unwrap();
+        let mut keep = Vec::new();
+        for _ in 0..25 {
+            keep.push(connect_from(
+                [127, 0, 0, 3],
+                "127.0.0.1:7070".parse().unwrap(),
+            ));
+            keep.push(l.accept().unwrap().0);
+        }
+        (l, keep)
     });
     let (_e2, addr) = start_exporter(&["--netns", &name], |_| {});
     let r = get(addr, "/metrics");
@@ -839,26 +710,15 @@ fn ip(args: &[&str]) {
 /// ESTABLISHED connections to it from `src`. The sockets keep working from
 /// any thread once made.
 fn populate(name: &str, port: u16, src: [u8; 4], n: usize) -> (TcpListener, Vec<TcpStream>) {
-    let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns moves only this thread; the fd is open.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            ip(&["link", "set", "lo", "up"]);
-            let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
-            let mut keep = Vec::new();
-            for _ in 0..n {
-                keep.push(connect_from(src, l.local_addr().unwrap()));
-                keep.push(l.accept().unwrap().0);
-            }
-            (l, keep)
-        })
-        .join()
-        .unwrap()
+    fivetuple_testkit::in_netns(format!("/run/netns/{name}"), || {
+        ip(&["link", "set", "lo", "up"]);
+        let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let mut keep = Vec::new();
+        for _ in 0..n {
+            keep.push(connect_from(src, l.local_addr().unwrap()));
+            keep.push(l.accept().unwrap().0);
+        }
+        (l, keep)
     })
 }
 

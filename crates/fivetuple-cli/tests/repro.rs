@@ -18,18 +18,6 @@ fn fivetuple(args: &[&str]) -> Output {
         .expect("run the fivetuple binary")
 }
 
-fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root and must run in CI");
-    }
-    eprintln!("skipping {test}: needs root (network namespaces)");
-    false
-}
-
 #[test]
 fn bad_arguments_exit_2_naming_the_value() {
     for (args, needle) in [
@@ -169,7 +157,9 @@ fn rss(pid: u32) -> Option<u64> {
 /// 1 GiB so an unbounded driver cannot take the machine down.
 #[test]
 fn netns_root_huge_rate_stays_bounded_and_achieved_counts_completed_calls() {
-    if !is_root("netns_root_huge_rate_stays_bounded_and_achieved_counts_completed_calls") {
+    if !fivetuple_testkit::root_or_skip(
+        "netns_root_huge_rate_stays_bounded_and_achieved_counts_completed_calls",
+    ) {
         return;
     }
     const LIMIT: u64 = 1 << 30;
@@ -254,7 +244,9 @@ fn netns_root_huge_rate_stays_bounded_and_achieved_counts_completed_calls() {
 /// run are gone afterwards.
 #[test]
 fn netns_root_ctrl_c_prints_the_finished_rows_and_removes_the_boxes() {
-    if !is_root("netns_root_ctrl_c_prints_the_finished_rows_and_removes_the_boxes") {
+    if !fivetuple_testkit::root_or_skip(
+        "netns_root_ctrl_c_prints_the_finished_rows_and_removes_the_boxes",
+    ) {
         return;
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_fivetuple"))
@@ -399,7 +391,7 @@ fn netns_cookie(path: &std::path::Path) -> Option<u64> {
 
 #[test]
 fn netns_root_short_run_prints_the_table() {
-    if !is_root("netns_root_short_run_prints_the_table") {
+    if !fivetuple_testkit::root_or_skip("netns_root_short_run_prints_the_table") {
         return;
     }
     let out = fivetuple(&[
@@ -441,7 +433,7 @@ fn netns_root_short_run_prints_the_table() {
 /// The acceptance run: the default command, once, with --json and --chart.
 #[test]
 fn netns_root_default_run_meets_the_issue() {
-    if !is_root("netns_root_default_run_meets_the_issue") {
+    if !fivetuple_testkit::root_or_skip("netns_root_default_run_meets_the_issue") {
         return;
     }
     let chart = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("repro-default.svg");

@@ -8,7 +8,6 @@ mod support;
 use support::*;
 
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,19 +31,7 @@ impl NamedNetns {
 
     /// Runs `f` on a thread that has entered the namespace.
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: setns moves only this thread; the fd is open.
-                assert_eq!(
-                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                    0
-                );
-                f()
-            })
-            .join()
-            .unwrap()
-        })
+        fivetuple_testkit::in_netns(format!("/run/netns/{}", self.0), f)
     }
 }
 
@@ -196,4 +183,118 @@ fn top_names_an_unknown_netns() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("\"ft-no-such-netns\""), "{err}");
+}
+
+/// Captures the pane until `done` holds (bounded), returning the last screen.
+fn wait_screen(tmux: &Tmux, secs: u64, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = tmux.cmd(&["capture-pane", "-p", "-t", "top"]);
+        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if done(&screen) || Instant::now() > deadline {
+            return screen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn netns_root_top_all_netns_has_a_namespace_column_and_filter() {
+    let test = "netns_root_top_all_netns_has_a_namespace_column_and_filter";
+    if !have_root(test)
+        || !have_tool(test, "tmux", "tmux")
+        || !have_tool(test, "nsenter", "util-linux")
+    {
+        return;
+    }
+    use fivetuple_testkit::pods::{Node, PodSpec};
+    let mut node = Node::new("top");
+    // Pod 0: 95 of 100 ports in TIME_WAIT (critical); pod 1: 6 of 200.
+    for (range_len, time_wait) in [(100, 95), (200, 6)] {
+        node.add_pod(PodSpec {
+            range_len,
+            time_wait,
+            established: 1,
+        });
+    }
+    node.settle();
+    let (p0, p1) = (&node.pods[0], &node.pods[1]);
+    let tag = |uid: &str| format!("pod {}", &uid[..8]);
+
+    let dir = std::env::temp_dir().join(format!("fivetuple-top-all-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rc_file = dir.join("rc");
+    let tmux = Tmux(format!("fivetuple-test-all-{}", std::process::id()));
+    let shell = format!(
+        "{BIN} top --all-netns 2>{}; echo $? > {}",
+        dir.join("stderr").display(),
+        rc_file.display()
+    );
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "200",
+        "-y",
+        "60",
+        &shell,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let want = "127.0.0.1 -> 127.0.0.10:8080";
+    let screen = wait_screen(&tmux, 20, |s| {
+        s.contains(&tag(&p0.uid)) && s.contains(&tag(&p1.uid))
+    });
+    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+    let row = |screen: &str, uid: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains(&tag(uid)) && l.contains(want))
+            .map(str::to_string)
+    };
+    let r0 =
+        row(&screen, &p0.uid).unwrap_or_else(|| panic!("screen:\n{screen}\nstderr:\n{stderr}"));
+    assert!(r0.contains("95/100") && r0.contains("95%"), "{r0}");
+    let r1 = row(&screen, &p1.uid).unwrap_or_else(|| panic!("screen:\n{screen}"));
+    assert!(r1.contains("6/200"), "{r1}");
+    assert!(screen.contains("every network namespace"), "{screen}");
+
+    // n steps the filter through the namespaces (worst first) until pod 0's alone.
+    let header = format!("netns {} (", p0.inode);
+    let mut alone = String::new();
+    for _ in 0..60 {
+        tmux.cmd(&["send-keys", "-t", "top", "n"]);
+        alone = wait_screen(&tmux, 2, |s| {
+            s.contains("netns ") && s.contains(" usable ports")
+        });
+        if alone.contains(&header) {
+            break;
+        }
+    }
+    assert!(alone.contains(&header), "{alone}");
+    assert!(alone.contains("range 40000-40099"), "{alone}");
+    assert!(row(&alone, &p0.uid).is_some(), "{alone}");
+    assert!(
+        !alone.contains(&tag(&p1.uid)),
+        "only pod 0 is shown:\n{alone}"
+    );
+
+    // a shows every namespace again; q quits with 0.
+    tmux.cmd(&["send-keys", "-t", "top", "a"]);
+    let again = wait_screen(&tmux, 5, |s| s.contains(&tag(&p1.uid)));
+    assert!(again.contains(&tag(&p1.uid)), "{again}");
+    tmux.cmd(&["send-keys", "-t", "top", "q"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !rc_file.exists() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rc = std::fs::read_to_string(&rc_file).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(rc.trim(), "0", "top did not exit 0 on q");
 }

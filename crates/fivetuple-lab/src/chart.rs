@@ -71,14 +71,13 @@ pub fn check_target(path: &Path) -> Result<(), LabError> {
 pub fn write_svg(report: &Report, path: &Path) -> Result<(), LabError> {
     let mut svg = String::new();
     render(report, &mut svg)?;
-    std::fs::write(path, svg)
-        .map_err(|e| LabError::Chart(format!("writing {}: {e}", path.display())))
+    std::fs::write(path, svg).map_err(|e| LabError::chart(format!("writing {}", path.display()), e))
 }
 
 /// Renders `report` as an SVG document into `out`.
 pub fn render(report: &Report, out: &mut String) -> Result<(), LabError> {
     let n = report.remedies.len().max(1) as u32;
-    let err = |e: &dyn std::fmt::Display| LabError::Chart(e.to_string());
+    let err = |e: &dyn std::fmt::Display| LabError::chart_msg(e.to_string());
     {
         let root = SVGBackend::with_string(out, (WIDTH, PANEL_HEIGHT * n)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;

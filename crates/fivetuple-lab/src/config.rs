@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::LabError;
 
 /// Linux's TIME_WAIT length (`TCP_TIMEWAIT_LEN`, fixed at compile time).
-pub const TIME_WAIT_SECS: f64 = 60.0;
+pub use fivetuple_kernel::budget::TIME_WAIT_SECS;
 
 /// The range `wide-range` widens to (remedy 1 of the design).
 pub const WIDE_RANGE: (u16, u16) = (5001, 65534);

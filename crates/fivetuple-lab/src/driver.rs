@@ -169,9 +169,9 @@ pub async fn drive(
     let mut senders = Vec::with_capacity(connections);
     for _ in 0..connections {
         senders.push(
-            open(target).await.map_err(|e| {
-                LabError::Run(format!("driver connecting to frontend {target}: {e}"))
-            })?,
+            open(target)
+                .await
+                .map_err(|e| LabError::run(format!("driver connecting to frontend {target}"), e))?,
         );
     }
     let pool = Arc::new(Mutex::new(senders));

@@ -22,13 +22,7 @@ pub(crate) struct KernelHook {
 }
 
 fn lab_error(e: fivetuple_bpf::Error) -> LabError {
-    let mut text = format!("remedy attach: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    LabError::Run(text)
+    LabError::run("remedy attach", e)
 }
 
 fn move_to(cgroup: &std::path::Path) -> std::io::Result<()> {
@@ -59,10 +53,10 @@ impl KernelHook {
         let group = Transient::create(&home, "repro").map_err(lab_error)?;
         loaded.attach(group.path()).map_err(lab_error)?;
         move_to(group.path()).map_err(|e| {
-            LabError::Run(format!(
-                "remedy attach: moving into {}: {e}",
-                group.path().display()
-            ))
+            LabError::run(
+                format!("remedy attach: moving into {}", group.path().display()),
+                e,
+            )
         })?;
         Ok(Some(KernelHook {
             home,

@@ -6,6 +6,12 @@
 //! [`driver`] is the open-loop load, [`scenario::run`] ties them together
 //! into a [`Report`], and [`chart`] draws it. The `fivetuple repro` command
 //! is a thin layer over [`scenario::run`].
+//!
+//! What this crate owns: its throwaway namespaces and everything inside
+//! them. It changes no setting of the host's namespace, takes its budget
+//! arithmetic (TIME_WAIT length, when `tcp_tw_reuse` applies, sustainable
+//! rate) and sysctl access from `fivetuple-kernel`, and connects through the
+//! `fivetuple` library like any client.
 #![deny(missing_docs)]
 
 pub mod chart;

@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::process::Command;
 use std::thread;
@@ -156,28 +157,31 @@ where
     thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            unshare_net()
-                .map_err(|e| LabError::Namespace(format!("unshare(CLONE_NEWNET): {e}")))?;
-            loopback_up().map_err(|e| LabError::Namespace(format!("bringing lo up: {e}")))?;
+            unshare_net().map_err(|e| LabError::namespace("unshare(CLONE_NEWNET)", e))?;
+            loopback_up().map_err(|e| LabError::namespace("bringing lo up", e))?;
             f()
         })
-        .map_err(|e| LabError::Namespace(format!("spawning the box thread: {e}")))
+        .map_err(|e| LabError::namespace("spawning the box thread", e))
 }
 
 /// Joins a box thread, turning a panic into an error.
 pub fn join_box<T>(handle: thread::JoinHandle<Result<T, LabError>>) -> Result<T, LabError> {
     handle
         .join()
-        .unwrap_or_else(|_| Err(LabError::Namespace("a box thread panicked".into())))
+        .unwrap_or_else(|_| Err(LabError::namespace_msg("a box thread panicked")))
 }
 
 /// Sets `IFF_UP` on `lo` in the calling thread's namespace (`SIOCSIFFLAGS`).
 fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket(2) call; the fd is closed below on every path.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
+    // SAFETY: plain socket(2) call.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `raw` is a new socket nothing else owns; the OwnedFd closes it
+    // once, on every path.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let fd = sock.as_raw_fd();
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
@@ -197,26 +201,20 @@ fn loopback_up() -> io::Result<()> {
             }
         }
     };
-    // SAFETY: fd was returned by socket() above and is closed once.
-    unsafe { libc::close(fd) };
+    drop(sock);
     result
 }
 
 /// Writes `net.<key>` (e.g. `ipv4.tcp_tw_reuse`) in the calling thread's
 /// namespace: `/proc/sys` is resolved against the task that opens the file.
 pub fn write_sysctl(key: &str, value: &str) -> Result<(), LabError> {
-    let path = sysctl_path(key);
-    fs::write(&path, value)
-        .map_err(|e| LabError::Namespace(format!("writing {value:?} to {path}: {e}")))
+    fivetuple_kernel::sysctl::write(key, value)
+        .map_err(|e| LabError::namespace(format!("setting net.{key}"), e))
 }
 
-/// Reads `net.<key>` in the calling thread's namespace.
+/// Reads `net.<key>` in the calling thread's namespace, trimmed.
 pub fn read_sysctl(key: &str) -> io::Result<String> {
-    fs::read_to_string(sysctl_path(key)).map(|s| s.trim().to_string())
-}
-
-fn sysctl_path(key: &str) -> String {
-    format!("/proc/sys/net/{}", key.replace('.', "/"))
+    fivetuple_kernel::sysctl::read(key).map(|s| s.trim().to_string())
 }
 
 /// The number of TIME_WAIT sockets in the calling thread's namespace, from
@@ -224,24 +222,12 @@ fn sysctl_path(key: &str) -> String {
 /// thread's namespace).
 pub fn time_wait_count() -> io::Result<u64> {
     let text = fs::read_to_string("/proc/thread-self/net/sockstat")?;
-    parse_sockstat_tw(&text).ok_or_else(|| {
+    fivetuple_kernel::parse_sockstat_tw(&text).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             "no \"TCP: ... tw N\" line in sockstat",
         )
     })
-}
-
-/// Parses the `tw` field of the `TCP:` line of `/proc/net/sockstat`.
-pub fn parse_sockstat_tw(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
-    let mut it = line.split_whitespace();
-    while let Some(word) = it.next() {
-        if word == "tw" {
-            return it.next()?.parse().ok();
-        }
-    }
-    None
 }
 
 /// The kernel thread id of the calling thread (a box's "pid" for
@@ -256,18 +242,17 @@ pub fn current_tid() -> i32 {
 pub fn ip(args: &[&str]) -> Result<(), LabError> {
     let out = Command::new("ip").args(args).output().map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
-            LabError::Namespace(
-                "`ip` not found: --topology two-hosts needs iproute2 (apt-get install iproute2)"
-                    .into(),
+            LabError::namespace_msg(
+                "`ip` not found: --topology two-hosts needs iproute2 (apt-get install iproute2)",
             )
         } else {
-            LabError::Namespace(format!("running ip {}: {e}", args.join(" ")))
+            LabError::namespace(format!("running ip {}", args.join(" ")), e)
         }
     })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(LabError::Namespace(format!(
+        Err(LabError::namespace_msg(format!(
             "ip {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -285,25 +270,4 @@ pub fn kernel_release() -> String {
 /// True when `path` exists (used to report optional sysctls).
 pub fn exists(path: &str) -> bool {
     Path::new(path).exists()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sockstat_tw_is_parsed() {
-        let text =
-            "sockets: used 3\nTCP: inuse 2 orphan 0 tw 1234 alloc 5 mem 358\nUDP: inuse 0 mem 0\n";
-        assert_eq!(parse_sockstat_tw(text), Some(1234));
-        assert_eq!(parse_sockstat_tw("UDP: inuse 0\n"), None);
-    }
-
-    #[test]
-    fn sysctl_keys_map_to_proc_paths() {
-        assert_eq!(
-            sysctl_path("ipv4.tcp_tw_reuse"),
-            "/proc/sys/net/ipv4/tcp_tw_reuse"
-        );
-    }
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::{Remedy, Topology, TIME_WAIT_SECS};
 use crate::driver::Second;
+use fivetuple_kernel::budget;
 
 /// The box as it was built (what `--json` calls `"box"`).
 #[derive(Debug, Clone, Serialize)]
@@ -146,7 +147,8 @@ pub struct Budget {
 impl Budget {
     /// New connections per second that can be sustained, if bounded.
     pub fn per_s(&self) -> Option<f64> {
-        self.hold_s.map(|h| self.endpoints / h)
+        self.hold_s
+            .map(|h| budget::sustainable_rate(self.endpoints, h))
     }
 
     /// The budget of `remedy` in a box with these settings.
@@ -160,15 +162,16 @@ impl Budget {
         topology: Topology,
     ) -> Budget {
         let endpoints = f64::from(ports) * f64::from(sources);
-        // tcp_tw_reuse only helps when the old connection carried timestamps
-        // (tcp_twsk_unique checks tw_ts_recent_stamp).
-        let reuse_applies =
-            timestamps && (tw_reuse == 1 || (tw_reuse == 2 && topology == Topology::Loopback));
-        let kernel_hold = if reuse_applies {
-            reuse_delay_ms.unwrap_or(1000) as f64 / 1000.0
-        } else {
-            TIME_WAIT_SECS
-        };
+        // The same rules as doctor's: one home in fivetuple_kernel::budget.
+        let reuse_applies = budget::tw_reuse_applies(
+            u32::from(tw_reuse),
+            u32::from(timestamps),
+            topology == Topology::Loopback,
+        );
+        let delay_ms = reuse_delay_ms.map_or(budget::DEFAULT_TW_REUSE_DELAY_MS, |d| {
+            u32::try_from(d).unwrap_or(u32::MAX)
+        });
+        let kernel_hold = budget::port_hold_secs(reuse_applies, delay_ms);
         let hold_s = match remedy {
             Remedy::Pooled => None,
             // An explicit bind takes over a TIME_WAIT at once when it carried

@@ -175,7 +175,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, LabError> {
         .thread_name("fivetuple-box")
         .enable_all()
         .build()
-        .map_err(|e| LabError::Run(format!("starting the runtime: {e}")))
+        .map_err(|e| LabError::run("starting the runtime", e))
 }
 
 /// Sets the client namespace's sysctls for `remedy`; returns the range and
@@ -228,7 +228,7 @@ fn outbound(
         auth,
     };
     let cfg_err =
-        |e: fivetuple::ConfigError| LabError::Run(format!("building the {remedy} policy: {e}"));
+        |e: fivetuple::ConfigError| LabError::run(format!("building the {remedy} policy"), e);
     Ok(match remedy {
         Remedy::Naive | Remedy::WideRange | Remedy::TwReuse => (
             per_call(Arc::new(fivetuple::KernelDefault), false),
@@ -241,7 +241,8 @@ fn outbound(
             "kernel picks the port, 401 + 200 per connection, closed per call".into(),
         ),
         Remedy::Rotate => {
-            let range = fivetuple::PortRange::new(range[0], range[1]).map_err(cfg_err)?;
+            let range =
+                fivetuple::PortRange::new(range[0], range[1]).map_err(|e| cfg_err(e.into()))?;
             (
                 per_call(
                     Arc::new(fivetuple::Rotation::new(range).map_err(cfg_err)?),
@@ -300,7 +301,7 @@ async fn client_side(
     let frontend_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, FRONTEND_PORT));
     let listener = TcpListener::bind(frontend_addr)
         .await
-        .map_err(|e| LabError::Run(format!("frontend binding {frontend_addr}: {e}")))?;
+        .map_err(|e| LabError::run(format!("frontend binding {frontend_addr}"), e))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(serve_frontend(listener, out, stop_rx));
 
@@ -368,7 +369,7 @@ fn run_loopback(
         let outcome = rt.block_on(async {
             let listener = TcpListener::bind(upstream)
                 .await
-                .map_err(|e| LabError::Run(format!("upstream binding {upstream}: {e}")))?;
+                .map_err(|e| LabError::run(format!("upstream binding {upstream}"), e))?;
             let (stop_tx, stop_rx) = watch::channel(false);
             tokio::spawn(serve_upstream(listener, mode, stop_rx));
             let outcome = client_side(config, remedy, out, observer, stop).await;
@@ -411,7 +412,7 @@ async fn wait_until_answers(upstream: SocketAddr, stop: &AtomicBool) -> Result<(
                 return Ok(());
             }
             Err(e) if Instant::now() >= deadline => {
-                return Err(LabError::Run(format!(
+                return Err(LabError::run_msg(format!(
                     "upstream {upstream} did not answer over the veth within 5 s: {}",
                     e.io_error()
                 )))
@@ -445,9 +446,9 @@ fn run_two_hosts(
             netns::write_sysctl("ipv4.tcp_timestamps", if timestamps { "1" } else { "0" })?;
             tid_tx
                 .send(netns::current_tid())
-                .map_err(|_| LabError::Namespace("host A went away".into()))?;
+                .map_err(|_| LabError::namespace_msg("host A went away"))?;
             go_rx.recv().map_err(|_| {
-                LabError::Namespace("host A went away before the veth was made".into())
+                LabError::namespace_msg("host A went away before the veth was made")
             })?;
             netns::ip(&["addr", "add", &format!("{HOST_B}/15"), "dev", "ft-b"])?;
             netns::ip(&["link", "set", "ft-b", "up"])?;
@@ -455,7 +456,7 @@ fn run_two_hosts(
             let addr = SocketAddr::from((HOST_B, UPSTREAM_PORT));
             let listener = rt
                 .block_on(TcpListener::bind(addr))
-                .map_err(|e| LabError::Run(format!("upstream binding {addr}: {e}")))?;
+                .map_err(|e| LabError::run(format!("upstream binding {addr}"), e))?;
             let (stop, stop_rx) = watch::channel(false);
             rt.spawn(serve_upstream(listener, mode, stop_rx));
             Ok((rt, stop))
@@ -470,7 +471,7 @@ fn run_two_hosts(
                 Ok(())
             }
             Err(e) => {
-                let _ = ready_tx.send(Err(e.to_string()));
+                let _ = ready_tx.send(Err(e.chain()));
                 Err(e)
             }
         }
@@ -480,7 +481,7 @@ fn run_two_hosts(
         let (range, reuse, reuse_delay_ms) = configure_client(&config, remedy)?;
         let tid = tid_rx
             .recv()
-            .map_err(|_| LabError::Namespace("host B failed before it was ready".into()))?;
+            .map_err(|_| LabError::namespace_msg("host B failed before it was ready"))?;
         netns::ip(&[
             "link",
             "add",
@@ -503,8 +504,8 @@ fn run_two_hosts(
         let _ = go_tx.send(());
         match ready_rx.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(LabError::Namespace(format!("host B: {e}"))),
-            Err(_) => return Err(LabError::Namespace("host B went away".into())),
+            Ok(Err(e)) => return Err(LabError::namespace("host B", e)),
+            Err(_) => return Err(LabError::namespace_msg("host B went away")),
         }
         let upstream = SocketAddr::from((HOST_B, UPSTREAM_PORT));
         let (out, sources, client) = outbound(&config, remedy, range, upstream)?;

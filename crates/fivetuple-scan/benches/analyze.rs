@@ -63,7 +63,7 @@ fn table(n: usize, shift: usize) -> Snapshot {
         sockets,
         source: Source::Netlink,
         settings: Settings {
-            ip_local_port_range: (1024, 65023),
+            ip_local_port_range: fivetuple_kernel::PortRange::new(1024, 65023).unwrap(),
             ..Settings::default()
         },
         counters: Counters::default(),

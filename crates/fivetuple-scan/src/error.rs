@@ -71,7 +71,10 @@ pub enum ScanError {
         #[source]
         source: io::Error,
     },
-    /// The worker thread that scans inside a namespace could not be started or died.
+    /// The worker thread that scans inside a namespace died (panicked).
     #[error("the scan thread failed: {0}")]
     Thread(String),
+    /// The worker thread that scans inside a namespace could not be started.
+    #[error("cannot start the scan thread")]
+    Spawn(#[source] io::Error),
 }

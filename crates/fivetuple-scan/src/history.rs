@@ -103,7 +103,7 @@ mod tests {
             sockets,
             source: Source::Netlink,
             settings: Settings {
-                ip_local_port_range: (40000, 40999),
+                ip_local_port_range: fivetuple_kernel::PortRange::new(40000, 40999).unwrap(),
                 tcp_tw_reuse: 0,
                 ..Settings::default()
             },

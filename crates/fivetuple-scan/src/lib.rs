@@ -18,25 +18,37 @@
 //! }
 //! # Ok::<(), fivetuple_scan::ScanError>(())
 //! ```
+//!
+//! What this crate owns: reading the socket table, the counters and the
+//! namespaces, and the occupancy model ([`model`]: grouping, direction,
+//! per-destination budget, findings and advice). The kernel facts
+//! (settings and their parsers, TIME_WAIT length, when `tcp_tw_reuse`
+//! applies, the budget arithmetic) come from `fivetuple-kernel`; this crate
+//! does not open client connections, and it formats nothing for a terminal
+//! or Prometheus (the `fivetuple` binary does).
 #![deny(missing_docs)]
 
 mod error;
 pub mod history;
+pub mod identity;
 pub mod model;
 #[cfg(target_os = "linux")]
 pub mod nat;
 #[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod netns;
+pub mod node;
 pub mod procfs;
 pub mod procs;
 pub mod settings;
 pub mod socket;
 
 pub use error::ScanError;
+pub use fivetuple_kernel::{PortRange, ReservedPorts};
 pub use history::History;
 pub use model::{
-    Analysis, Destination, Direction, Directions, Finding, Severity, Snapshot, Thresholds,
+    Analysis, Destination, Direction, Directions, Finding, FindingCode, Severity, Snapshot,
+    StateCounts, Thresholds,
 };
 pub use settings::{Counters, Settings};
 pub use socket::{Socket, Source, Table, TcpState};

@@ -85,7 +85,7 @@ where
             drop(file);
             Ok(f())
         })
-        .map_err(|e| ScanError::Thread(e.to_string()))?;
+        .map_err(ScanError::Spawn)?;
     match handle.join() {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(source)) => Err(ScanError::Setns {

@@ -166,3 +166,28 @@ fn netns_root_default_settings_are_a_fresh_namespace() {
         )
     );
 }
+
+#[test]
+fn netns_root_netlink_sees_bound_unconnected_sockets_of_both_families() {
+    if !have_root("netns_root_netlink_sees_bound_unconnected_sockets_of_both_families") {
+        return;
+    }
+    in_fresh_netns(|| {
+        // bind() without listen() or connect(): only the bind hash holds these
+        // (TCP_BOUND_INACTIVE, Linux 6.8+), and the one-walk dump must still ask for them.
+        let held: Vec<_> = ["127.0.0.1:0", "[::1]:0"]
+            .iter()
+            .map(|a| fivetuple_testkit::bind_only(a.parse().unwrap()))
+            .collect();
+        let bound: Vec<SocketAddr> = held.iter().map(|(_, a)| *a).collect();
+        let table = netlink::read().expect("netlink read");
+        for local in bound {
+            assert!(
+                table
+                    .iter()
+                    .any(|s| s.local == local && s.state == TcpState::Close),
+                "{local} bound, not in {table:?}"
+            );
+        }
+    });
+}

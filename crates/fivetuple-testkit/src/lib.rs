@@ -3,11 +3,17 @@
 //! fresh network namespace per test, the root and tool checks (skip with a
 //! message outside CI, fail under `CI`), per-namespace sysctls, `ss` counts
 //! and sockets with a chosen source address. Linux only; not published.
+//!
+//! What this crate owns: helpers that tests share (entering a fresh or a
+//! named namespace, root and tool checks, sysctls through
+//! `fivetuple-kernel`, `ss` counts, hostile clients). Nothing shipped
+//! depends on it; it holds no product logic.
 #![deny(missing_docs)]
 
 pub mod nat;
 
 pub mod hostile;
+pub mod pods;
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -85,17 +91,48 @@ pub fn in_fresh_netns<T: Send>(sysctls: &[(&str, &str)], f: impl FnOnce() -> T +
     })
 }
 
+/// Runs `f` on a new thread that has entered the existing network namespace
+/// at `path` (`/run/netns/NAME` or `/proc/PID/ns/net`) with `setns()`, and
+/// returns its result; the calling thread stays where it is (membership is
+/// per thread, DESIGN §5). Panics naming the path when the namespace cannot
+/// be opened or entered; a panic in `f` is propagated.
+pub fn in_netns<T: Send>(path: impl AsRef<std::path::Path>, f: impl FnOnce() -> T + Send) -> T {
+    let path = path.as_ref();
+    let ns = std::fs::File::open(path)
+        .unwrap_or_else(|e| panic!("open the namespace {}: {e}", path.display()));
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| {
+            // SAFETY: `ns` is an open nsfs file for the whole call; setns
+            // changes only this thread's namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns({}): {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+            f()
+        });
+        handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// Writes `net.ipv4.NAME` in the calling thread's namespace (`/proc/sys` is
 /// resolved against the opening thread) and reads it back, so a value the
 /// kernel did not take fails here.
 pub fn set_sysctl(name: &str, value: &str) {
-    let path = format!("/proc/sys/net/ipv4/{name}");
-    std::fs::write(&path, value).unwrap_or_else(|e| panic!("write {value:?} to {path}: {e}"));
-    let back = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    use fivetuple_kernel::sysctl;
+    let key = format!("ipv4.{name}");
+    sysctl::write(&key, value).unwrap_or_else(|e| panic!("{e}"));
+    let back = sysctl::read(&key).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         back.split_whitespace().collect::<Vec<_>>(),
         value.split_whitespace().collect::<Vec<_>>(),
-        "{path} did not take {value:?}"
+        "{} did not take {value:?}",
+        sysctl::path(&key).display()
     );
 }
 
@@ -179,4 +216,23 @@ pub fn make_time_wait(listener: &TcpListener, n: usize) {
             "the server sees the client's FIN"
         );
     }
+}
+
+/// A TCP socket bound to `addr` (port 0: the kernel picks) that neither
+/// listens nor connects, with the address it got: a port held by `bind()`.
+pub fn bind_only(addr: SocketAddr) -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    s.bind(&addr.into())
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let local = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("a bound socket has an address");
+    (s, local)
 }

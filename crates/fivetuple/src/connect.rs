@@ -335,7 +335,7 @@ impl<'a> Attempts<'a> {
         };
         if let Some(local) = bind_to {
             check_family(local.ip(), &self.remote)
-                .map_err(|e| self.error(Stage::Socket, Some(local), e))?;
+                .map_err(|e| self.error(Stage::Policy, Some(local), e))?;
         }
         let socket_err = |e| self.error(Stage::Socket, bind_to, e);
         let socket = Socket::new(

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Stage {
-    /// The policy returned [`Choice::GiveUp`](crate::Choice::GiveUp).
+    /// The policy returned [`Choice::GiveUp`](crate::Choice::GiveUp), or
+    /// chose a source address of the other family than the destination's.
     Policy,
     /// Creating the socket or setting a socket option failed.
     Socket,
@@ -221,4 +222,22 @@ pub enum ConfigError {
         /// What was wrong and what was expected.
         reason: String,
     },
+}
+
+impl From<fivetuple_kernel::PortRangeError> for ConfigError {
+    /// A bad [`PortRange`](crate::PortRange) is a bad configuration: the
+    /// same variants, texts and values as before the type moved to
+    /// `fivetuple-kernel`.
+    fn from(e: fivetuple_kernel::PortRangeError) -> ConfigError {
+        use fivetuple_kernel::PortRangeError as E;
+        match e {
+            E::Inverted { lo, hi } => ConfigError::InvertedRange { lo, hi },
+            E::PortZero { lo, hi } => ConfigError::PortZero { lo, hi },
+            E::BadSpec { spec, reason } => ConfigError::BadSpec { spec, reason },
+            other => ConfigError::BadSpec {
+                spec: String::new(),
+                reason: other.to_string(),
+            },
+        }
+    }
 }

@@ -49,6 +49,15 @@
 //! Platforms: Linux is first-class. macOS and Windows build; options they
 //! lack return [`std::io::ErrorKind::Unsupported`] or fall back with a
 //! logged warning, as each item documents.
+//!
+//! # What this crate owns
+//!
+//! The client side: policies, the connect loop, the raw socket options per
+//! OS (`sys/`), the hyper connector and client stats. The kernel facts it
+//! relies on ([`PortRange`], [`ReservedPorts`], reading the namespace's
+//! sysctls) live in `fivetuple-kernel` and are re-exported here; this crate
+//! does not parse `/proc` or inspect the host's socket table (that is
+//! `fivetuple-scan`).
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -70,8 +79,9 @@ mod window;
 
 pub use connect::{ConnectStats, Connector, StatsSnapshot, DEFAULT_MAX_ATTEMPTS};
 pub use error::{is_exhaustion, ConfigError, ConnectError, Stage};
+pub use fivetuple_kernel::PortRangeError;
 pub use policy::{Choice, KernelDefault, LocalPolicy, PortRange};
-pub use reserved::ReservedPorts;
+pub use reserved::{ReservedPorts, ReservedPortsError};
 pub use rotation::Rotation;
 pub use spec::{parse_addresses, parse_policy};
 pub use spread::{address_range, Spread, MAX_ADDRESS_RANGE};

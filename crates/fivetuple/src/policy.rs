@@ -4,11 +4,7 @@
 //! `bind()` or `connect()`.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
-
-use crate::error::ConfigError;
 
 /// What a [`LocalPolicy`] decided for one connection attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,91 +91,7 @@ impl LocalPolicy for KernelDefault {
     }
 }
 
-/// An inclusive range of TCP ports, never containing port 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PortRange {
-    lo: u16,
-    hi: u16,
-}
-
-impl PortRange {
-    /// IANA's dynamic/private port range, 49152-65535 (RFC 6335).
-    pub const DYNAMIC: PortRange = PortRange {
-        lo: 49152,
-        hi: 65535,
-    };
-
-    /// The range `lo..=hi`. Fails when `lo > hi` or `lo == 0`.
-    pub fn new(lo: u16, hi: u16) -> Result<PortRange, ConfigError> {
-        if lo > hi {
-            return Err(ConfigError::InvertedRange { lo, hi });
-        }
-        if lo == 0 {
-            return Err(ConfigError::PortZero { lo, hi });
-        }
-        Ok(PortRange { lo, hi })
-    }
-
-    /// Lowest port.
-    pub fn lo(&self) -> u16 {
-        self.lo
-    }
-
-    /// Highest port.
-    pub fn hi(&self) -> u16 {
-        self.hi
-    }
-
-    /// Number of ports in the range (at least 1).
-    pub fn len(&self) -> usize {
-        usize::from(self.hi - self.lo) + 1
-    }
-
-    /// Always false: a `PortRange` holds at least one port. Present for
-    /// symmetry with [`len`](Self::len).
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// True when `port` is inside the range.
-    pub fn contains(&self, port: u16) -> bool {
-        (self.lo..=self.hi).contains(&port)
-    }
-
-    /// The ports, lowest first.
-    pub fn iter(&self) -> std::ops::RangeInclusive<u16> {
-        self.lo..=self.hi
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.lo, self.hi)
-    }
-}
-
-impl FromStr for PortRange {
-    type Err = ConfigError;
-
-    /// Parses `"LO-HI"` or a single port `"P"`.
-    fn from_str(s: &str) -> Result<PortRange, ConfigError> {
-        let bad = |reason: &str| ConfigError::BadSpec {
-            spec: s.to_string(),
-            reason: format!("{reason}; expected a port range like 20000-29999"),
-        };
-        let (lo, hi) = match s.split_once('-') {
-            Some((lo, hi)) => (lo.trim(), hi.trim()),
-            None => (s.trim(), s.trim()),
-        };
-        let lo: u16 = lo
-            .parse()
-            .map_err(|_| bad(&format!("{lo:?} is not a port number (0-65535)")))?;
-        let hi: u16 = hi
-            .parse()
-            .map_err(|_| bad(&format!("{hi:?} is not a port number (0-65535)")))?;
-        PortRange::new(lo, hi)
-    }
-}
+pub use fivetuple_kernel::PortRange;
 
 /// The wildcard address of `remote`'s family (`0.0.0.0` or `::`).
 pub(crate) fn unspecified_for(remote: &SocketAddr) -> IpAddr {
@@ -192,29 +104,6 @@ pub(crate) fn unspecified_for(remote: &SocketAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn port_range_rejects_bad_input_naming_the_value() {
-        let e = PortRange::new(300, 200).unwrap_err();
-        assert_eq!(e, ConfigError::InvertedRange { lo: 300, hi: 200 });
-        assert!(e.to_string().contains("300-200"), "{e}");
-        let e = PortRange::new(0, 10).unwrap_err();
-        assert!(e.to_string().contains("port 0"), "{e}");
-        let e = "20000-x".parse::<PortRange>().unwrap_err();
-        assert!(e.to_string().contains("\"x\""), "{e}");
-        let e = "70000-70001".parse::<PortRange>().unwrap_err();
-        assert!(e.to_string().contains("70000"), "{e}");
-    }
-
-    #[test]
-    fn port_range_parses_and_counts() {
-        let r: PortRange = "20000-20999".parse().unwrap();
-        assert_eq!((r.lo(), r.hi(), r.len()), (20000, 20999, 1000));
-        assert!(r.contains(20000) && r.contains(20999) && !r.contains(21000));
-        let one: PortRange = "8080".parse().unwrap();
-        assert_eq!(one.len(), 1);
-        assert_eq!(PortRange::new(1, 65535).unwrap().len(), 65535);
-    }
 
     #[test]
     fn closures_are_policies() {

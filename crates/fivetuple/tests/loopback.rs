@@ -92,7 +92,8 @@ fn address_of_the_wrong_family_is_a_clear_error_not_retried() {
     let connector =
         Connector::new(|_r: SocketAddr, _a: u32| Choice::Address("::1".parse().unwrap()));
     let err = connector.connect_std(sink.addr).unwrap_err();
-    assert_eq!(err.stage(), Stage::Socket);
+    // The policy chose an address the destination cannot be reached from.
+    assert_eq!(err.stage(), Stage::Policy);
     assert_eq!(err.attempts(), 1);
     let msg = err.io_error().to_string();
     assert!(

@@ -89,20 +89,26 @@ impl Collector for DestinationsCollector {
     }
 }
 
-fn dest_labels(d: &Destination) -> Labels {
-    vec![
+fn dest_labels(ns: &Labels, d: &Destination) -> Labels {
+    let mut l = ns.clone();
+    l.extend([
         ("local_ip", d.local_ip.to_string()),
         ("remote_ip", d.remote_ip.to_string()),
         ("remote_port", d.remote_port.to_string()),
-    ]
+    ]);
+    l
 }
 
-fn other_labels() -> Labels {
-    vec![
-        ("local_ip", "other".to_string()),
-        ("remote_ip", "other".to_string()),
-        ("remote_port", "other".to_string()),
-    ]
+/// The labels of the folded series: every label of a kept series, valued `other`.
+fn other_labels(ns: &Labels) -> Labels {
+    ns.iter()
+        .map(|(k, _)| (*k, "other".to_string()))
+        .chain(
+            ["local_ip", "remote_ip", "remote_port"]
+                .into_iter()
+                .map(|k| (k, "other".to_string())),
+        )
+        .collect()
 }
 
 fn with(mut l: Labels, k: &'static str, v: &str) -> Labels {
@@ -114,9 +120,24 @@ fn with(mut l: Labels, k: &'static str, v: &str) -> Labels {
 /// (the analysis lists them highest utilization first) and folding the rest
 /// into `other`.
 pub fn families(a: &Analysis, top_k: usize) -> Vec<Family> {
-    let t = &a.totals;
-    let split = a.destinations.len().min(top_k);
-    let (top, rest) = a.destinations.split_at(split);
+    node_families(&[(Labels::new(), a)], top_k)
+}
+
+/// Metric families of several namespaces, each analysis with the labels
+/// that name its namespace (the same label names for every namespace; none
+/// for a single one). `top_k` applies across all of them: the destinations
+/// with the highest utilization anywhere keep their series, the rest are
+/// folded into one `other` series. Per-namespace totals carry the
+/// namespace labels.
+pub fn node_families(namespaces: &[(Labels, &Analysis)], top_k: usize) -> Vec<Family> {
+    let mut all: Vec<(&Labels, &Destination)> = namespaces
+        .iter()
+        .flat_map(|(l, a)| a.destinations.iter().map(move |d| (l, d)))
+        .collect();
+    // Stable: one namespace's destinations keep the analysis' order.
+    all.sort_by(|x, y| y.1.utilization.total_cmp(&x.1.utilization));
+    let split = all.len().min(top_k);
+    let (top, rest) = all.split_at(split);
 
     let mut sockets = Vec::new();
     let mut in_use = Vec::new();
@@ -124,10 +145,10 @@ pub fn families(a: &Analysis, top_k: usize) -> Vec<Family> {
     let mut sustainable = Vec::new();
     let mut rate = Vec::new();
     let mut exhaustion = Vec::new();
-    for d in top {
-        let l = dest_labels(d);
-        for (state, n) in &d.states {
-            sockets.push((with(l.clone(), "state", state), f64::from(*n)));
+    for (ns, d) in top {
+        let l = dest_labels(ns, d);
+        for (state, n) in d.states.iter() {
+            sockets.push((with(l.clone(), "state", state.name()), f64::from(n)));
         }
         in_use.push((l.clone(), f64::from(d.in_use)));
         util.push((l.clone(), d.utilization));
@@ -139,12 +160,13 @@ pub fn families(a: &Analysis, top_k: usize) -> Vec<Family> {
             exhaustion.push((l, s));
         }
     }
-    if !rest.is_empty() {
-        let l = other_labels();
+    if let Some((ns, _)) = rest.first() {
+        let l = other_labels(ns);
+        let rest: Vec<&Destination> = rest.iter().map(|(_, d)| *d).collect();
         let mut states: std::collections::BTreeMap<&str, u32> = Default::default();
-        for d in rest {
-            for (s, n) in &d.states {
-                *states.entry(s).or_default() += n;
+        for d in &rest {
+            for (s, n) in d.states.iter() {
+                *states.entry(s.name()).or_default() += n;
             }
         }
         for (state, n) in states {
@@ -168,51 +190,68 @@ pub fn families(a: &Analysis, top_k: usize) -> Vec<Family> {
         }
     }
 
-    let freeing = a.destinations.iter().fold([0u32; 3], |mut acc, d| {
-        acc[0] += d.time_wait_freeing.within_10s;
-        acc[1] += d.time_wait_freeing.within_30s;
-        acc[2] += d.time_wait_freeing.within_60s;
-        acc
-    });
+    let per_ns = |f: &dyn Fn(&Analysis) -> Vec<(Labels, f64)>| -> Vec<(Labels, f64)> {
+        namespaces
+            .iter()
+            .flat_map(|(ns, a)| {
+                f(a).into_iter().map(move |(l, v)| {
+                    let mut all = ns.clone();
+                    all.extend(l);
+                    (all, v)
+                })
+            })
+            .collect()
+    };
     let one = |v: f64| vec![(Labels::new(), v)];
     vec![
         Family {
             name: "fivetuple_usable_ports",
             help: "Source ports one destination can use: the local port range minus reserved ports minus ports held by listeners and bound sockets.",
-            series: one(f64::from(t.usable_ports)),
+            series: per_ns(&|a| one(f64::from(a.totals.usable_ports))),
         },
         Family {
             name: "fivetuple_sockets",
             help: "TCP sockets by kind: listening, inbound (accepted), outbound (grouped into destinations).",
-            series: vec![
-                (vec![("kind", "listening".into())], f64::from(t.listening)),
-                (vec![("kind", "inbound".into())], f64::from(t.inbound)),
-                (vec![("kind", "outbound".into())], f64::from(t.outbound)),
-            ],
+            series: per_ns(&|a| {
+                let t = &a.totals;
+                vec![
+                    (vec![("kind", "listening".into())], f64::from(t.listening)),
+                    (vec![("kind", "inbound".into())], f64::from(t.inbound)),
+                    (vec![("kind", "outbound".into())], f64::from(t.outbound)),
+                ]
+            }),
         },
         Family {
             name: "fivetuple_inbound_without_listener_sockets",
             help: "Server-side sockets whose local port no longer listens (a stopped server's TIME_WAITs), told apart by fan-out; counted in kind=\"inbound\", never as destinations.",
-            series: one(f64::from(t.inbound_without_listener)),
+            series: per_ns(&|a| one(f64::from(a.totals.inbound_without_listener))),
         },
         Family {
             name: "fivetuple_time_wait_sockets",
             help: "TIME_WAIT sockets in the table, any direction.",
-            series: one(f64::from(t.time_wait)),
+            series: per_ns(&|a| one(f64::from(a.totals.time_wait))),
         },
         Family {
             name: "fivetuple_time_wait_freeing_sockets",
             help: "Outbound TIME_WAIT sockets the kernel frees within the given number of seconds.",
-            series: ["10", "30", "60"]
-                .iter()
-                .zip(freeing)
-                .map(|(w, n)| (vec![("within_seconds", w.to_string())], f64::from(n)))
-                .collect(),
+            series: per_ns(&|a| {
+                let freeing = a.destinations.iter().fold([0u32; 3], |mut acc, d| {
+                    acc[0] += d.time_wait_freeing.within_10s;
+                    acc[1] += d.time_wait_freeing.within_30s;
+                    acc[2] += d.time_wait_freeing.within_60s;
+                    acc
+                });
+                ["10", "30", "60"]
+                    .iter()
+                    .zip(freeing)
+                    .map(|(w, n)| (vec![("within_seconds", w.to_string())], f64::from(n)))
+                    .collect()
+            }),
         },
         Family {
             name: "fivetuple_destinations",
             help: "Destinations (local IP, remote IP, remote port) with outbound sockets, including those folded into the other series.",
-            series: one(a.destinations.len() as f64),
+            series: per_ns(&|a| one(a.destinations.len() as f64)),
         },
         Family {
             name: "fivetuple_destinations_folded",
@@ -252,7 +291,7 @@ pub fn families(a: &Analysis, top_k: usize) -> Vec<Family> {
         Family {
             name: "fivetuple_socket_table_source",
             help: "Which reader produced the socket table (netlink, or proc after a netlink failure).",
-            series: vec![(vec![("source", a.source.to_string())], 1.0)],
+            series: per_ns(&|a| vec![(vec![("source", a.source.to_string())], 1.0)]),
         },
     ]
 }
@@ -282,7 +321,7 @@ mod tests {
             sockets,
             source: Source::Netlink,
             settings: Settings {
-                ip_local_port_range: (40000, 40999),
+                ip_local_port_range: fivetuple_scan::PortRange::new(40000, 40999).unwrap(),
                 tcp_tw_reuse: 0,
                 ..Settings::default()
             },
@@ -359,8 +398,11 @@ mod tests {
             sockets,
             source: Source::Netlink,
             settings: Settings {
-                ip_local_port_range: (40000, 40999),
-                ip_local_reserved_ports: vec![(40000, 40999)],
+                ip_local_port_range: fivetuple_scan::PortRange::new(40000, 40999).unwrap(),
+                ip_local_reserved_ports: fivetuple_scan::ReservedPorts::from_ranges([(
+                    40000, 40999,
+                )])
+                .unwrap(),
                 ..Settings::default()
             },
             counters: Counters::default(),
@@ -402,5 +444,50 @@ mod tests {
         assert_eq!(util.series.len(), 3);
         assert_eq!(value(util, "other"), None);
         assert_eq!(fam(&f, "fivetuple_destinations_folded").series[0].1, 0.0);
+    }
+
+    #[test]
+    fn node_top_k_spans_namespaces_and_labels_them() {
+        // Namespace a: utilizations 0.01..0.05; namespace b: 0.01..0.03.
+        let (a, b) = (analysis(5), analysis(3));
+        let ns = |n: &str, pod: &str| {
+            vec![
+                ("netns", n.to_string()),
+                ("container_id", String::new()),
+                ("pod_uid", pod.to_string()),
+            ]
+        };
+        let f = node_families(&[(ns("1", "pod-a"), &a), (ns("2", "pod-b"), &b)], 3);
+        let util = fam(&f, "fivetuple_destination_utilization_ratio");
+        let kept: Vec<(String, String, f64)> = util
+            .series
+            .iter()
+            .map(|(l, v)| {
+                let get = |k: &str| l.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+                (get("netns"), get("remote_port"), *v)
+            })
+            .collect();
+        // The three highest across both namespaces (0.05, 0.04, then the first 0.03), then other.
+        assert_eq!(
+            kept,
+            [
+                ("1".into(), "1004".into(), 0.05),
+                ("1".into(), "1003".into(), 0.04),
+                ("1".into(), "1002".into(), 0.03),
+                ("other".into(), "other".into(), 0.03),
+            ]
+        );
+        let other = &util.series[3].0;
+        assert!(other.contains(&("pod_uid", "other".into())), "{other:?}");
+        assert_eq!(fam(&f, "fivetuple_destinations_folded").series[0].1, 5.0);
+        // Per-namespace totals carry the namespace labels, one series each.
+        let usable = fam(&f, "fivetuple_usable_ports");
+        assert_eq!(usable.series.len(), 2);
+        assert!(usable.series[1].0.contains(&("pod_uid", "pod-b".into())));
+        let dests = fam(&f, "fivetuple_destinations");
+        assert_eq!(
+            dests.series.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            [5.0, 3.0]
+        );
     }
 }

@@ -42,7 +42,7 @@ impl Collector for SettingsCollector {
                 return Ok(());
             }
         };
-        let (lo, hi) = s.ip_local_port_range;
+        let (lo, hi) = s.ip_local_port_range.bounds();
         gauge(
             &mut enc,
             "fivetuple_ip_local_port_range_low",

@@ -4,6 +4,12 @@
 
 pub use fivetuple_testkit::{connect_from, have_tool, make_time_wait, root_or_skip as have_root};
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
 /// The `fivetuple` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_fivetuple");
 
@@ -17,4 +23,122 @@ pub fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// Writes `net.ipv4.NAME` in the calling thread's namespace.
 pub fn sysctl(name: &str, value: &str) {
     fivetuple_testkit::set_sysctl(name, value)
+}
+
+/// A child process killed (by its own pid) when the guard goes away.
+pub struct Reaper(pub Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory removed when the guard goes away.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("fivetuple-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts the exporter with `args` (plus `--listen 127.0.0.1:0` unless given)
+/// and returns it with the address it printed.
+pub fn start_exporter(args: &[&str], tweak: impl FnOnce(&mut Command)) -> (Reaper, SocketAddr) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("exporter");
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    tweak(&mut cmd);
+    let mut child = cmd.spawn().expect("run fivetuple exporter");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.is_empty() {
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        let _ = child.wait();
+        panic!("the exporter printed no address; stderr:\n{err}");
+    }
+    let addr = line
+        .split("://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (Reaper(child), addr)
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+pub fn request(addr: SocketAddr, method: &str, path: &str, accept: Option<&str>) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {raw:?}"));
+    Reply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(addr, "GET", path, None)
+}
+
+/// The value of the sample whose line starts with `prefix` (name and labels).
+pub fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn promtool_check(text: &str, dir: &Path) {
+    let f = dir.join("scrape.txt");
+    std::fs::write(&f, text).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", f.display()))
+        .output()
+        .expect("run promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -3,7 +3,7 @@
 
 use super::analysis::NatAnalysis;
 use super::Basis;
-use crate::model::{Finding, Severity, Thresholds};
+use crate::model::{Finding, FindingCode, Severity, Thresholds};
 
 /// Findings for an analysed namespace, worst first.
 pub fn findings(a: &NatAnalysis, t: &Thresholds) -> Vec<Finding> {
@@ -50,7 +50,7 @@ pub fn findings(a: &NatAnalysis, t: &Thresholds) -> Vec<Finding> {
         }
         out.push(Finding {
             severity: d.severity,
-            code: "nat_port_utilization",
+            code: FindingCode::NatPortUtilization,
             destination: Some(dest),
             message: format!(
                 "{} of {} NAT ports in use ({:.0}%; capacity from {basis}){eta}",
@@ -70,7 +70,7 @@ pub fn findings(a: &NatAnalysis, t: &Thresholds) -> Vec<Finding> {
                 .any(|d| d.utilization >= t.crit_pct / 100.0);
             out.push(Finding {
                 severity: if exhausted { Severity::Critical } else { Severity::Warning },
-                code: "conntrack_drops",
+                code: FindingCode::ConntrackDrops,
                 destination: None,
                 message: format!(
                     "conntrack dropped packets during the interval: insert_failed +{}, drop +{} (now {} and {}); dropped SYNs make callers wait for retransmits (1 s, 3 s, ...) and time out, with no EADDRNOTAVAIL",
@@ -89,7 +89,7 @@ pub fn findings(a: &NatAnalysis, t: &Thresholds) -> Vec<Finding> {
         {
             out.push(Finding {
                 severity: Severity::Info,
-                code: "conntrack_drops",
+                code: FindingCode::ConntrackDrops,
                 destination: None,
                 message: format!(
                     "conntrack has counted insert_failed {} and drop {} since the namespace started (one scan: no rate)",
@@ -101,7 +101,7 @@ pub fn findings(a: &NatAnalysis, t: &Thresholds) -> Vec<Finding> {
         if c.table_fill >= t.warn_pct / 100.0 && c.stats.max > 0 {
             out.push(Finding {
                 severity: if c.table_fill >= t.crit_pct / 100.0 { Severity::Critical } else { Severity::Warning },
-                code: "conntrack_table_full",
+                code: FindingCode::ConntrackTableFull,
                 destination: None,
                 message: format!(
                     "the conntrack table holds {} of {} entries ({:.0}%; early_drop {})",

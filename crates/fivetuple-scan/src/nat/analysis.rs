@@ -259,7 +259,7 @@ mod tests {
         assert_eq!((c.insert_failed_delta, c.drop_delta), (Some(20), Some(21)));
         assert!((c.table_fill - 0.95).abs() < 1e-9);
         assert_eq!(a.status, Severity::Critical);
-        let codes: Vec<&str> = a.findings.iter().map(|f| f.code).collect();
+        let codes: Vec<&str> = a.findings.iter().map(|f| f.code.as_str()).collect();
         assert!(codes.contains(&"nat_port_utilization"), "{codes:?}");
         assert!(codes.contains(&"conntrack_drops"), "{codes:?}");
         assert!(codes.contains(&"conntrack_table_full"), "{codes:?}");

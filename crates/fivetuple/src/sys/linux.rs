@@ -80,28 +80,8 @@ pub(crate) fn local_port_range_supported() -> bool {
     })
 }
 
-fn read_sysctl(name: &str) -> io::Result<String> {
-    // /proc/sys is resolved against the opening thread's network namespace
-    // (DESIGN.md §5), which is what a caller inside a namespace wants.
-    let path = format!("/proc/sys/net/ipv4/{name}");
-    std::fs::read_to_string(&path)
-        .map_err(|e| io::Error::new(e.kind(), format!("reading {path}: {e}")))
-}
-
-/// The raw text of `net.ipv4.ip_local_reserved_ports`.
-pub(crate) fn read_reserved_ports() -> io::Result<String> {
-    read_sysctl("ip_local_reserved_ports")
-}
-
-/// `net.ipv4.ip_local_port_range` of the calling thread's namespace.
+/// `net.ipv4.ip_local_port_range` of the calling thread's namespace, read
+/// and parsed by `fivetuple-kernel`.
 pub(crate) fn read_local_port_range() -> io::Result<(u16, u16)> {
-    let text = read_sysctl("ip_local_port_range")?;
-    let mut it = text.split_whitespace().map(str::parse::<u16>);
-    match (it.next(), it.next()) {
-        (Some(Ok(lo)), Some(Ok(hi))) => Ok((lo, hi)),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("net.ipv4.ip_local_port_range is {text:?}: expected two port numbers"),
-        )),
-    }
+    fivetuple_kernel::sysctl::local_port_range().map(|r| r.bounds())
 }

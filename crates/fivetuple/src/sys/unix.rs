@@ -28,11 +28,6 @@ pub(crate) fn local_port_range_supported() -> bool {
     false
 }
 
-/// No reserved-ports sysctl: the set is empty.
-pub(crate) fn read_reserved_ports() -> io::Result<String> {
-    Ok(String::new())
-}
-
 #[cfg(target_vendor = "apple")]
 fn sysctl_int(name: &std::ffi::CStr) -> io::Result<i32> {
     let mut value: libc::c_int = 0;

@@ -48,11 +48,6 @@ pub(crate) fn local_port_range_supported() -> bool {
     false
 }
 
-/// No reserved-ports sysctl on Windows: the set is empty.
-pub(crate) fn read_reserved_ports() -> io::Result<String> {
-    Ok(String::new())
-}
-
 /// Windows' default dynamic range (49152-65535); `netsh int ipv4 show
 /// dynamicport tcp` shows the configured one, which is not read here.
 pub(crate) fn read_local_port_range() -> io::Result<(u16, u16)> {

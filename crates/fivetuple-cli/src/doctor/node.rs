@@ -1,0 +1,353 @@
+//! `doctor --all-netns`: every network namespace of the host, each entered
+//! on its own thread (`fivetuple_scan::node`), one section per namespace,
+//! worst utilization first. The exit code is the worst across namespaces.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use fivetuple_scan::identity::Identity;
+use fivetuple_scan::model::Severity;
+use fivetuple_scan::node::{self, NamespaceReport, Netns, NodeOptions};
+use serde::Serialize;
+
+use super::{
+    exit_code, rate_note, severity_name, write_namespace, Config, JsonBody, JsonThresholds,
+    SCHEMA_VERSION,
+};
+
+/// Exit code when a namespace could not be scanned and none is critical.
+const EXIT_UNKNOWN: u8 = crate::EXIT_UNKNOWN;
+
+/// Scans every namespace and writes the report; returns the exit code.
+pub(super) fn run(cfg: &Config, out: &mut dyn Write) -> Result<u8> {
+    let discovery = node::discover().context("cannot list the network namespaces")?;
+    let opts = NodeOptions {
+        reader: cfg.reader,
+        workers: node::default_workers(),
+        interval: cfg.interval,
+        thresholds: cfg.thresholds,
+        processes: cfg.processes,
+    };
+    let mut scan = node::analyze_node(discovery.namespaces, &opts);
+    // Worst utilization first; then worst status; then by inode, for a stable order.
+    scan.scanned.sort_by(|(_, a), (_, b)| {
+        b.worst_utilization()
+            .total_cmp(&a.worst_utilization())
+            .then(b.analysis.status.cmp(&a.analysis.status))
+            .then(a.netns.inode.cmp(&b.netns.inode))
+    });
+    let worst = scan
+        .scanned
+        .iter()
+        .map(|(_, r)| r.analysis.status)
+        .max()
+        .unwrap_or(Severity::Ok);
+    let code = node_exit_code(worst, !scan.failed.is_empty());
+    if cfg.json {
+        write_json(out, cfg, &scan, worst, code, discovery.denied)?;
+    } else {
+        write_report(out, cfg, &scan, worst, code, discovery.denied)?;
+    }
+    Ok(code)
+}
+
+/// The worst namespace's code; a namespace that could not be scanned makes
+/// the answer unknown (3) unless another one is already critical.
+fn node_exit_code(worst: Severity, any_failed: bool) -> u8 {
+    let code = exit_code(worst);
+    if any_failed && code < 2 {
+        EXIT_UNKNOWN
+    } else {
+        code
+    }
+}
+
+/// `pod UID (QoS), container ID (runtime)`, or what of it is known.
+fn identity_label(id: &Identity) -> String {
+    let mut parts = Vec::new();
+    if let Some(uid) = &id.pod_uid {
+        parts.push(match id.qos_class {
+            Some(q) => format!("pod {uid} ({q})"),
+            None => format!("pod {uid}"),
+        });
+    }
+    if let Some(cid) = &id.container_id {
+        let short = &cid[..cid.len().min(12)];
+        parts.push(match id.runtime {
+            Some(r) => format!("container {short} ({r})"),
+            None => format!("container {short}"),
+        });
+    }
+    parts.join(", ")
+}
+
+/// `netns INODE [host] [names] [pod ..., container ...]`.
+fn netns_label(ns: &Netns) -> String {
+    let mut s = format!("netns {}", ns.inode);
+    if ns.host {
+        s.push_str(" (host)");
+    }
+    if !ns.names.is_empty() {
+        s.push_str(&format!(" [{}]", ns.names.join(", ")));
+    }
+    let id = identity_label(&ns.identity);
+    if !id.is_empty() {
+        s.push_str(": ");
+        s.push_str(&id);
+    }
+    s
+}
+
+fn processes_label(ns: &Netns) -> String {
+    const SHOWN: usize = 5;
+    let mut s: Vec<String> = ns
+        .processes
+        .iter()
+        .take(SHOWN)
+        .map(|p| format!("{}[{}]", p.comm, p.pid))
+        .collect();
+    if ns.processes.len() > SHOWN {
+        s.push(format!("and {} more", ns.processes.len() - SHOWN));
+    }
+    if s.is_empty() {
+        "none (a named namespace)".into()
+    } else {
+        s.join(" ")
+    }
+}
+
+fn write_report(
+    out: &mut dyn Write,
+    cfg: &Config,
+    scan: &node::NodeScan<NamespaceReport>,
+    worst: Severity,
+    code: u8,
+    denied: usize,
+) -> Result<()> {
+    writeln!(
+        out,
+        "fivetuple doctor --all-netns: {} network namespaces scanned, {} vanished during the scan, {} failed; {}",
+        scan.scanned.len(),
+        scan.vanished.len(),
+        scan.failed.len(),
+        rate_note(cfg)
+    )?;
+    if !scan.scanned.is_empty() {
+        writeln!(out, "\nNamespaces, worst utilization first")?;
+        writeln!(
+            out,
+            "  {:<12} {:>8} {:<9} {:>7} {:>6}  IDENTITY",
+            "NETNS", "WORST", "STATUS", "SOCKETS", "DESTS"
+        )?;
+        for (_, r) in &scan.scanned {
+            writeln!(
+                out,
+                "  {:<12} {:>7.1}% {:<9} {:>7} {:>6}  {}",
+                r.netns.inode,
+                r.worst_utilization() * 100.0,
+                severity_name(r.analysis.status),
+                r.analysis.totals.sockets,
+                r.analysis.destinations.len(),
+                if r.netns.host {
+                    "host".to_string()
+                } else {
+                    identity_label(&r.netns.identity)
+                }
+            )?;
+        }
+    }
+    for (_, r) in &scan.scanned {
+        writeln!(
+            out,
+            "\n== {}: worst {:.1}%, {}",
+            netns_label(&r.netns),
+            r.worst_utilization() * 100.0,
+            severity_name(r.analysis.status)
+        )?;
+        writeln!(
+            out,
+            "Processes: {}; socket table from {} ({} sockets)",
+            processes_label(&r.netns),
+            r.analysis.source,
+            r.analysis.totals.sockets
+        )?;
+        write_namespace(out, cfg, &r.settings, &r.counters, &r.analysis)?;
+    }
+    if !scan.vanished.is_empty() || !scan.failed.is_empty() || denied > 0 {
+        writeln!(out, "\nSkipped")?;
+        for ns in &scan.vanished {
+            writeln!(
+                out,
+                "  {}: gone before its turn (its processes exited, its name was deleted)",
+                netns_label(ns)
+            )?;
+        }
+        for (ns, e) in &scan.failed {
+            writeln!(out, "  {}: {}", netns_label(ns), crate::error_chain(e))?;
+        }
+        if denied > 0 {
+            writeln!(
+                out,
+                "  {denied} processes whose /proc/PID/ns/net could not be read: their namespaces may be missing"
+            )?;
+        }
+    }
+    let named: Vec<String> = scan
+        .scanned
+        .iter()
+        .filter(|(_, r)| r.analysis.status == worst && worst >= Severity::Warning)
+        .map(|(_, r)| netns_label(&r.netns))
+        .collect();
+    write!(out, "\nStatus: {} (exit {code})", severity_name(worst))?;
+    if !named.is_empty() {
+        write!(out, ": {}", named.join("; "))?;
+    } else if code == EXIT_UNKNOWN {
+        write!(
+            out,
+            ": {} namespace(s) could not be scanned",
+            scan.failed.len()
+        )?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct JsonNode<'a> {
+    schema_version: u32,
+    status: Severity,
+    exit_code: u8,
+    interval_s: f64,
+    thresholds: JsonThresholds,
+    namespaces: Vec<JsonNamespace<'a>>,
+    vanished: Vec<JsonNetns<'a>>,
+    failed: Vec<JsonFailed<'a>>,
+    processes_denied: usize,
+}
+
+#[derive(Serialize)]
+struct JsonNetns<'a> {
+    inode: u64,
+    host: bool,
+    names: &'a [String],
+    #[serde(flatten)]
+    identity: &'a Identity,
+    processes: Vec<JsonProcess<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonProcess<'a> {
+    pid: u32,
+    comm: &'a str,
+}
+
+impl<'a> JsonNetns<'a> {
+    fn new(ns: &'a Netns) -> JsonNetns<'a> {
+        JsonNetns {
+            inode: ns.inode,
+            host: ns.host,
+            names: &ns.names,
+            identity: &ns.identity,
+            processes: ns
+                .processes
+                .iter()
+                .map(|p| JsonProcess {
+                    pid: p.pid,
+                    comm: &p.comm,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonNamespace<'a> {
+    netns: JsonNetns<'a>,
+    worst_utilization: f64,
+    #[serde(flatten)]
+    body: JsonBody<'a>,
+}
+
+#[derive(Serialize)]
+struct JsonFailed<'a> {
+    netns: JsonNetns<'a>,
+    error: String,
+}
+
+fn write_json(
+    out: &mut dyn Write,
+    cfg: &Config,
+    scan: &node::NodeScan<NamespaceReport>,
+    worst: Severity,
+    code: u8,
+    denied: usize,
+) -> Result<()> {
+    let doc = JsonNode {
+        schema_version: SCHEMA_VERSION,
+        status: worst,
+        exit_code: code,
+        interval_s: cfg.interval.as_secs_f64(),
+        thresholds: JsonThresholds::new(&cfg.thresholds),
+        namespaces: scan
+            .scanned
+            .iter()
+            .map(|(_, r)| JsonNamespace {
+                netns: JsonNetns::new(&r.netns),
+                worst_utilization: r.worst_utilization(),
+                body: JsonBody::new(cfg, &r.settings, &r.counters, &r.analysis),
+            })
+            .collect(),
+        vanished: scan.vanished.iter().map(JsonNetns::new).collect(),
+        failed: scan
+            .failed
+            .iter()
+            .map(|(ns, e)| JsonFailed {
+                netns: JsonNetns::new(ns),
+                error: crate::error_chain(e),
+            })
+            .collect(),
+        processes_denied: denied,
+    };
+    serde_json::to_writer_pretty(&mut *out, &doc)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fivetuple_scan::identity::{QosClass, Runtime};
+
+    #[test]
+    fn exit_code_is_the_worst_and_a_failure_is_unknown_unless_critical() {
+        assert_eq!(node_exit_code(Severity::Ok, false), 0);
+        assert_eq!(node_exit_code(Severity::Warning, false), 1);
+        assert_eq!(node_exit_code(Severity::Critical, false), 2);
+        assert_eq!(node_exit_code(Severity::Ok, true), 3);
+        assert_eq!(node_exit_code(Severity::Warning, true), 3);
+        assert_eq!(node_exit_code(Severity::Critical, true), 2);
+    }
+
+    #[test]
+    fn labels_name_the_pod() {
+        let id = Identity {
+            container_id: Some("ab".repeat(32)),
+            runtime: Some(Runtime::Containerd),
+            pod_uid: Some("1b2c3d4e-5f60-4718-8a9b-0c1d2e3f4a5b".into()),
+            qos_class: Some(QosClass::Burstable),
+        };
+        assert_eq!(
+            identity_label(&id),
+            "pod 1b2c3d4e-5f60-4718-8a9b-0c1d2e3f4a5b (Burstable), container abababababab (containerd)"
+        );
+        let ns = Netns {
+            inode: 4026532300,
+            names: vec!["cni-1".into()],
+            processes: vec![],
+            host: false,
+            identity: id,
+        };
+        assert!(netns_label(&ns).starts_with("netns 4026532300 [cni-1]: pod 1b2c3d4e"));
+        assert_eq!(processes_label(&ns), "none (a named namespace)");
+    }
+}

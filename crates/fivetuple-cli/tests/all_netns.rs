@@ -1,0 +1,257 @@
+//! `--all-netns` with the real binary against a node built in the test
+//! (`fivetuple_testkit::pods`): pods in named namespaces with
+//! Kubernetes-shaped cgroups and known tables. Tests named `netns_root_*`
+//! need root (namespaces, setns, the cgroup v2 mount); under CI=true they
+//! fail rather than skip. The unprivileged test drops to uid 65534 with
+//! `setpriv` (util-linux).
+
+mod support;
+
+use support::*;
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+
+use fivetuple_testkit::pods::{ss_in, Node, PodSpec, DATABASE, SERVICE};
+use serde_json::Value;
+
+fn have_node_tools(test: &str) -> bool {
+    have_root(test)
+        && fivetuple_testkit::have_tool(test, "ip", "iproute2")
+        && fivetuple_testkit::have_tool(test, "ss", "iproute2")
+        && fivetuple_testkit::have_tool(test, "nsenter", "util-linux")
+}
+
+/// Four pods; pod 0 holds 95 of its 100 ports toward the service.
+fn build_node(tag: &str) -> Node {
+    let mut node = Node::new(tag);
+    for i in 0..4 {
+        node.add_pod(PodSpec {
+            range_len: if i == 0 { 100 } else { 200 },
+            time_wait: if i == 0 { 95 } else { 5 + i },
+            established: 1 + i,
+        });
+    }
+    node.settle();
+    node
+}
+
+fn doctor(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("doctor")
+        .args(args)
+        .output()
+        .expect("run fivetuple doctor")
+}
+
+/// The JSON destination toward `remote`, if any.
+fn destination(ns: &Value, remote: SocketAddr) -> Option<&Value> {
+    ns["destinations"].as_array().unwrap().iter().find(|d| {
+        d["remote_ip"].as_str() == Some(&remote.ip().to_string())
+            && d["remote_port"].as_u64() == Some(u64::from(remote.port()))
+    })
+}
+
+#[test]
+fn netns_root_doctor_all_netns_reports_each_pod_like_ss_and_exits_with_the_worst() {
+    let test = "netns_root_doctor_all_netns_reports_each_pod_like_ss_and_exits_with_the_worst";
+    if !have_node_tools(test) {
+        return;
+    }
+    let node = build_node("doctor");
+    let out = doctor(&["--all-netns", "--json", "--interval", "0", "--top", "0"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json is not JSON ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(2), "pod 0 is at 95%");
+    assert_eq!(doc["status"], "critical");
+    assert_eq!(doc["exit_code"], 2);
+    let namespaces = doc["namespaces"].as_array().unwrap();
+    // Sorted by worst utilization (other tests' namespaces may be on the
+    // host too): non-increasing, and pod 0 (95%) before the other pods.
+    let worst: Vec<f64> = namespaces
+        .iter()
+        .map(|n| n["worst_utilization"].as_f64().unwrap())
+        .collect();
+    assert!(worst.windows(2).all(|w| w[0] >= w[1]), "{worst:?}");
+    let position = |uid: &str| {
+        namespaces
+            .iter()
+            .position(|n| n["netns"]["pod_uid"].as_str() == Some(uid))
+            .unwrap_or_else(|| panic!("no namespace with pod_uid {uid}"))
+    };
+    let first = position(&node.pods[0].uid);
+    assert!(node.pods[1..].iter().all(|p| position(&p.uid) > first));
+    let service: SocketAddr = SERVICE.parse().unwrap();
+    let database: SocketAddr = DATABASE.parse().unwrap();
+    for pod in &node.pods {
+        let ns = namespaces
+            .iter()
+            .find(|n| n["netns"]["pod_uid"].as_str() == Some(pod.uid.as_str()))
+            .unwrap_or_else(|| panic!("no namespace with pod_uid {}", pod.uid));
+        assert_eq!(ns["netns"]["inode"].as_u64(), Some(pod.inode));
+        assert_eq!(
+            ns["netns"]["container_id"].as_str(),
+            Some(pod.container_id.as_str())
+        );
+        assert_eq!(ns["netns"]["names"][0].as_str(), Some(pod.name.as_str()));
+        assert_eq!(
+            ns["settings"]["ip_local_port_range"],
+            serde_json::json!([pod.range.0, pod.range.1])
+        );
+        let ss = ss_in(&pod.name);
+        for (remote, json_state, ss_state, built) in [
+            (service, "TIME_WAIT", "TIME-WAIT", pod.spec.time_wait),
+            (database, "ESTABLISHED", "ESTAB", pod.spec.established),
+        ] {
+            let by_ss = ss
+                .get(&(ss_state.to_string(), remote.to_string()))
+                .copied()
+                .unwrap_or(0);
+            let d = destination(ns, remote)
+                .unwrap_or_else(|| panic!("{}: no destination {remote}", pod.name));
+            let by_doctor = d["states"][json_state].as_u64().unwrap_or(0) as usize;
+            assert_eq!(
+                (by_doctor, by_ss),
+                (built, built),
+                "{} pod {}: {json_state} toward {remote}: doctor vs ss vs built",
+                pod.name,
+                pod.uid
+            );
+        }
+        let expected = pod.worst_utilization();
+        let worst = ns["worst_utilization"].as_f64().unwrap();
+        assert!((worst - expected).abs() < 1e-9, "{}: {worst}", pod.name);
+    }
+
+    // The text report ends naming the critical pod.
+    let out = doctor(&["--all-netns", "--interval", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status = text.lines().last().unwrap();
+    assert!(
+        status.starts_with("Status: CRITICAL (exit 2)") && status.contains(&node.pods[0].uid),
+        "{status}"
+    );
+    assert!(
+        !status.contains(&node.pods[1].uid),
+        "only the critical pod is named: {status}"
+    );
+    assert!(
+        text.contains(&format!(
+            "== netns {} [{}]: pod {}",
+            node.pods[2].inode, node.pods[2].name, node.pods[2].uid
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn netns_root_exporter_all_netns_labels_series_by_pod_like_ss() {
+    let test = "netns_root_exporter_all_netns_labels_series_by_pod_like_ss";
+    if !have_node_tools(test) {
+        return;
+    }
+    let node = build_node("exporter");
+    let (_exporter, addr) = start_exporter(&["--all-netns"], |_| {});
+    // Two scrapes: the second has rates (no new connections: 0).
+    assert_eq!(get(addr, "/metrics").status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let reply = get(addr, "/metrics");
+    assert_eq!(reply.status, 200);
+    let text = &reply.body;
+    assert_eq!(
+        sample(
+            text,
+            "fivetuple_scrape_collector_success{collector=\"netns\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(text, "fivetuple_netns_namespaces").unwrap() >= 5.0,
+        "4 pods and the host"
+    );
+    for pod in &node.pods {
+        let ns = format!(
+            "netns=\"{}\",container_id=\"{}\",pod_uid=\"{}\"",
+            pod.inode, pod.container_id, pod.uid
+        );
+        let ss = ss_in(&pod.name);
+        for (remote, state, ss_state) in [
+            (SERVICE, "TIME_WAIT", "TIME-WAIT"),
+            (DATABASE, "ESTABLISHED", "ESTAB"),
+        ] {
+            let r: SocketAddr = remote.parse().unwrap();
+            let series = format!(
+                "fivetuple_destination_sockets{{{ns},local_ip=\"127.0.0.1\",remote_ip=\"{}\",remote_port=\"{}\",state=\"{state}\"}}",
+                r.ip(),
+                r.port()
+            );
+            let by_ss = ss.get(&(ss_state.to_string(), remote.to_string())).copied();
+            assert_eq!(
+                sample(text, &series),
+                by_ss.map(|n| n as f64),
+                "{series} vs ss in {}",
+                pod.name
+            );
+        }
+        let range = format!("fivetuple_netns_ip_local_port_range_ports{{{ns}}}");
+        assert_eq!(sample(text, &range), Some(f64::from(pod.spec.range_len)));
+        let tw_total: usize = ss
+            .iter()
+            .filter(|((s, _), _)| s == "TIME-WAIT")
+            .map(|(_, n)| n)
+            .sum();
+        let per_ns = format!("fivetuple_netns_sockets{{{ns},state=\"TIME_WAIT\"}}");
+        assert_eq!(sample(text, &per_ns), Some(tw_total as f64));
+    }
+    if fivetuple_testkit::have_tool(test, "promtool", "prometheus") {
+        let dir = TempDir::new("all-netns-promtool");
+        promtool_check(text, &dir.0);
+    }
+}
+
+#[test]
+fn all_netns_unprivileged_exits_3_naming_the_capability_and_the_host_alone_still_works() {
+    let test =
+        "all_netns_unprivileged_exits_3_naming_the_capability_and_the_host_alone_still_works";
+    if !have_root(test) || !fivetuple_testkit::have_tool(test, "setpriv", "util-linux") {
+        return;
+    }
+    let nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(BIN)
+            .args(args)
+            .output()
+            .expect("run setpriv")
+    };
+    for sub in [
+        &["doctor", "--all-netns", "--interval", "0"][..],
+        &["exporter", "--all-netns", "--listen", "127.0.0.1:0"][..],
+    ] {
+        let out = nobody(sub);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{sub:?}: {err}");
+        assert!(
+            err.contains("CAP_SYS_ADMIN") && err.contains("CAP_SYS_PTRACE"),
+            "{sub:?}: {err}"
+        );
+    }
+    let out = nobody(&["doctor", "--interval", "0", "--no-processes"]);
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(0..=2)),
+        "the current namespace needs no capability: exit {code:?}, {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
