@@ -12,6 +12,7 @@ mod node;
 use crate::table_args::{TableArgs, ThresholdArgs};
 use anyhow::{Context, Result};
 use fivetuple_scan::model::{self, Analysis, Destination, Severity, Snapshot, Thresholds};
+use fivetuple_scan::nat::{self, analysis::NatAnalysis};
 use fivetuple_scan::netns::{self, Target};
 use fivetuple_scan::{procs, Reader, ScanError, Settings, TcpState};
 use serde::Serialize;
@@ -119,15 +120,17 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     }
     let (reader, interval) = (cfg.reader, cfg.interval);
     let scans = netns::run_in(&cfg.target, move || -> Result<_, ScanError> {
+        // The NAT view costs two netlink round trips where there is no NAT.
         if interval.is_zero() {
-            return Ok((None, fivetuple_scan::snapshot(reader)?));
+            return Ok((None, fivetuple_scan::snapshot(reader)?, None, nat::scan()));
         }
         let before = fivetuple_scan::snapshot(reader)?;
+        let nat_before = nat::scan();
         std::thread::sleep(interval);
         let now = fivetuple_scan::snapshot(reader)?;
-        Ok((Some(before), now))
+        Ok((Some(before), now, Some(nat_before), nat::scan()))
     });
-    let (before, now) = scans
+    let (before, now, nat_before, nat_now) = scans
         .and_then(|r| r)
         .with_context(|| format!("cannot scan the {} network namespace", cfg.target))?;
 
@@ -141,17 +144,26 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
             .collect();
         procs::find_owners(&wanted)
     });
-    let analysis = model::analyze(
+    let mut analysis = model::analyze(
         before.as_ref().map(|b| (b, interval)),
         &now,
         owners.as_ref(),
         cfg.thresholds,
     );
+    let nat = nat::analysis::analyze(
+        nat_before.as_ref().map(|b| (b, interval)),
+        &nat_now,
+        &cfg.thresholds,
+    );
+    // NAT exhaustion counts like socket exhaustion in the status and exit code.
+    if let Some(n) = &nat {
+        analysis.status = analysis.status.max(n.status);
+    }
     let code = exit_code(analysis.status);
     if cfg.json {
-        write_json(out, &cfg, &now, &analysis)?;
+        write_json(out, &cfg, &now, &analysis, nat.as_ref())?;
     } else {
-        write_report(out, &cfg, &now, &analysis, code)?;
+        write_report(out, &cfg, &now, &analysis, nat.as_ref(), code)?;
     }
     Ok(code)
 }
@@ -188,6 +200,16 @@ struct JsonDoc<'a> {
     destinations: &'a [Destination],
     findings: &'a [model::Finding],
     notes: &'a [String],
+    /// The NAT section; absent when the namespace has no source-NAT hook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nat: Option<JsonNat<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonNat<'a> {
+    #[serde(flatten)]
+    analysis: &'a NatAnalysis,
+    destinations_total: usize,
 }
 
 /// What the document says about one namespace (the top level of a
@@ -267,9 +289,22 @@ struct JsonCounters<'a> {
     active_opens_per_s: Option<f64>,
 }
 
-fn write_json(out: &mut dyn Write, cfg: &Config, now: &Snapshot, a: &Analysis) -> Result<()> {
+fn write_json(
+    out: &mut dyn Write,
+    cfg: &Config,
+    now: &Snapshot,
+    a: &Analysis,
+    nat: Option<&NatAnalysis>,
+) -> Result<()> {
     // The one-namespace document keeps its field order (golden files).
     let b = JsonBody::new(cfg, &now.settings, &now.counters, a);
+    let nat = nat.map(|n| {
+        let mut shown = n.clone();
+        shown
+            .destinations
+            .truncate(if cfg.top == 0 { usize::MAX } else { cfg.top });
+        (shown, n.destinations.len())
+    });
     let doc = JsonDoc {
         schema_version: SCHEMA_VERSION,
         status: b.status,
@@ -285,6 +320,10 @@ fn write_json(out: &mut dyn Write, cfg: &Config, now: &Snapshot, a: &Analysis) -
         destinations: b.destinations,
         findings: b.findings,
         notes: b.notes,
+        nat: nat.as_ref().map(|(analysis, total)| JsonNat {
+            analysis,
+            destinations_total: *total,
+        }),
     };
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;
@@ -308,6 +347,7 @@ fn write_report(
     cfg: &Config,
     now: &Snapshot,
     a: &Analysis,
+    nat: Option<&NatAnalysis>,
     code: u8,
 ) -> Result<()> {
     writeln!(
@@ -319,6 +359,9 @@ fn write_report(
         rate_note(cfg)
     )?;
     write_namespace(out, cfg, &now.settings, &now.counters, a)?;
+    if let Some(n) = nat {
+        crate::nat_report::write_text(out, n, cfg.top, severity_name)?;
+    }
     writeln!(out, "\nStatus: {} (exit {code})", severity_name(a.status))?;
     Ok(())
 }

@@ -25,6 +25,7 @@ mod doctor;
 mod exporter;
 #[cfg(test)]
 mod golden;
+mod nat_report;
 mod repro;
 mod run;
 mod table_args;

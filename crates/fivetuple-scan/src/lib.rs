@@ -33,6 +33,8 @@ pub mod history;
 pub mod identity;
 pub mod model;
 #[cfg(target_os = "linux")]
+pub mod nat;
+#[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod netns;
 pub mod node;

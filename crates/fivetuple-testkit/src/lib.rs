@@ -10,6 +10,8 @@
 //! depends on it; it holds no product logic.
 #![deny(missing_docs)]
 
+pub mod nat;
+
 pub mod hostile;
 pub mod pods;
 

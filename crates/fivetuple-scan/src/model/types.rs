@@ -329,6 +329,12 @@ pub enum FindingCode {
     TwReuseWithoutTimestamps,
     /// `time_wait_overflow`: `tcp_max_tw_buckets` was reached.
     TimeWaitOverflow,
+    /// `nat_port_utilization`: a source-NAT destination past a threshold (the NAT view).
+    NatPortUtilization,
+    /// `conntrack_drops`: conntrack's `insert_failed`/`drop` counters rose.
+    ConntrackDrops,
+    /// `conntrack_table_full`: the conntrack table is near `nf_conntrack_max`.
+    ConntrackTableFull,
 }
 
 impl FindingCode {
@@ -341,6 +347,9 @@ impl FindingCode {
             FindingCode::BindBeforeConnect => "bind_before_connect",
             FindingCode::TwReuseWithoutTimestamps => "tw_reuse_without_timestamps",
             FindingCode::TimeWaitOverflow => "time_wait_overflow",
+            FindingCode::NatPortUtilization => "nat_port_utilization",
+            FindingCode::ConntrackDrops => "conntrack_drops",
+            FindingCode::ConntrackTableFull => "conntrack_table_full",
         }
     }
 }
