@@ -352,6 +352,16 @@ impl Options {
     }
 }
 
+/// The name of an errno the observer reports (`EADDRINUSE`, `EADDRNOTAVAIL`),
+/// `"errno"` for any other.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        _ => "errno",
+    }
+}
+
 /// The inode number of a network namespace file (`/run/netns/NAME`,
 /// `/proc/PID/ns/net`), as the kernel's `net->ns.inum`.
 pub fn netns_inode(path: &Path) -> Result<u32, Error> {
@@ -378,12 +388,43 @@ pub fn requirements() -> Vec<Missing> {
                 .into(),
         ));
     }
-    if tracefs_event_dir().is_none() {
-        missing.push(Missing::Feature(
-            "no tracefs with syscall tracepoints (mount -t tracefs none /sys/kernel/tracing; needs CONFIG_FTRACE_SYSCALLS)".into(),
-        ));
+    if let Some(m) = tracefs_missing() {
+        missing.push(m);
     }
     missing
+}
+
+/// The syscall tracepoints need tracefs at /sys/kernel/tracing (or under
+/// debugfs) and `CONFIG_FTRACE_SYSCALLS`. Only root can look inside tracefs,
+/// so without access just the mount is checked (mountinfo is world-readable).
+fn tracefs_missing() -> Option<Missing> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounted = ["/sys/kernel/tracing", "/sys/kernel/debug"]
+        .iter()
+        .any(|p| {
+            mountinfo.lines().any(|l| {
+                l.split_whitespace().nth(4) == Some(*p)
+                    && l.split_once(" - ").is_some_and(|(_, r)| {
+                        r.starts_with("tracefs ") || r.starts_with("debugfs ")
+                    })
+            })
+        });
+    if !mounted {
+        return Some(Missing::Feature(
+            "no tracefs mounted (mount -t tracefs none /sys/kernel/tracing)".into(),
+        ));
+    }
+    let readable = [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|p| fs::read_dir(p).is_ok());
+    (readable && tracefs_event_dir().is_none()).then(|| {
+        Missing::Feature(
+            "the kernel has no syscall tracepoints (syscalls:sys_exit_connect; needs CONFIG_FTRACE_SYSCALLS)".into(),
+        )
+    })
 }
 
 fn tracefs_event_dir() -> Option<PathBuf> {

@@ -4,7 +4,7 @@
 //! Exit codes: `doctor` follows the monitoring-plugin convention (0 ok,
 //! 1 warning, 2 critical, 3 unknown). Bad arguments and errors exit 3.
 //! `repro` exits 0 when the experiment ran and 2 on bad arguments.
-//! `exporter` exits 0 on SIGINT/SIGTERM. `top` exits 0 on q and 2 when
+//! `exporter` and `trace` exit 0 on SIGINT/SIGTERM. `top` exits 0 on q and 2 when
 //! stdout is not a terminal.
 //! A broken pipe (e.g. `fivetuple doctor | head`) exits quietly.
 
@@ -20,6 +20,7 @@ mod repro;
 mod run;
 mod table_args;
 mod top;
+mod trace;
 
 /// Exit code for bad arguments and errors ("unknown" in the monitoring-plugin convention).
 pub const EXIT_UNKNOWN: u8 = 3;
@@ -50,6 +51,8 @@ enum Command {
     Detach(attach::DetachArgs),
     /// List the attached policies with their counters.
     Attached(attach::ListArgs),
+    /// Live stream of connects that fail for lack of a source port, with who made them (BPF).
+    Trace(trace::Args),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => attach::attach(args, &mut out),
         Command::Detach(args) => attach::detach(args, &mut out),
         Command::Attached(args) => attach::list(args, &mut out),
+        Command::Trace(args) => trace::run(args, &mut out),
     };
     let result = result.and_then(|code| out.flush().map(|()| code).map_err(Into::into));
     match result {

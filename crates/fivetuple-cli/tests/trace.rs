@@ -1,0 +1,163 @@
+//! `fivetuple trace` as a user runs it: the real binary streams each
+//! connect that failed for lack of a port, as curl saw it, and exits cleanly
+//! on Ctrl-C; without privileges it names what is missing and doctor still
+//! works. Tests named `*_root` need root (a namespace, CAP_BPF, CAP_PERFMON,
+//! switching to an unprivileged user); under CI=true they fail rather than skip.
+
+mod support;
+
+use support::*;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// An HTTP upstream that answers once per connection and closes only after
+/// the client has, so the TIME_WAIT stays with the client.
+fn upstream() -> (TcpListener, u16) {
+    let listener =
+        TcpListener::bind("127.0.0.1:18080").expect("bind upstream (outside the port range)");
+    let port = listener.local_addr().unwrap().port();
+    let accept = listener.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for conn in accept.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (listener, port)
+}
+
+#[test]
+fn trace_streams_curl_failures_and_stops_on_ctrl_c_root() {
+    let test = "trace_streams_curl_failures_and_stops_on_ctrl_c_root";
+    if !have_root(test) || !have_tool(test, "curl", "curl") {
+        return;
+    }
+    in_fresh_netns(|| {
+        sysctl("ip_local_port_range", "40000 40019");
+        sysctl("tcp_tw_reuse", "0");
+        let (_listener, port) = upstream();
+        let mut trace = Command::new(BIN)
+            .args(["trace", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run fivetuple trace");
+        let mut lines = BufReader::new(trace.stdout.take().unwrap()).lines();
+        // The first summary line says the programs are attached.
+        let first: Value = serde_json::from_str(&lines.next().expect("a line").unwrap()).unwrap();
+        assert_eq!(first["type"], "summary", "{first}");
+        let (mut ok, mut failed) = (0u64, 0u64);
+        for _ in 0..30 {
+            let out = Command::new("curl")
+                .args(["-sv", "-o", "/dev/null", "--max-time", "5"])
+                .arg(format!("http://127.0.0.1:{port}/"))
+                .output()
+                .expect("run curl");
+            if out.status.success() {
+                ok += 1;
+            } else {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(err.contains("Cannot assign requested address"), "{err}");
+                failed += 1;
+            }
+        }
+        assert_eq!((ok, failed), (20, 10), "20 ports, 30 calls");
+        std::thread::sleep(Duration::from_millis(1500)); // one more summary
+                                                         // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(trace.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut failures = Vec::new();
+        let mut total = None;
+        for line in lines.by_ref() {
+            let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            match v["type"].as_str() {
+                Some("failure") => failures.push(v),
+                Some("total") => total = Some(v),
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "trace did not stop on SIGINT");
+        }
+        let status = trace.wait().unwrap();
+        let mut stderr = String::new();
+        trace
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(status.success(), "{status}: {stderr}");
+        assert_eq!(failures.len() as u64, failed, "{failures:?}");
+        for f in &failures {
+            assert_eq!(f["comm"], "curl", "{f}");
+            assert_eq!(f["destination"], format!("127.0.0.1:{port}"), "{f}");
+            assert_eq!(f["errno_name"], "EADDRNOTAVAIL", "{f}");
+            assert_eq!(f["stage"], "connect", "{f}");
+            assert!(f["pid"].as_u64().unwrap() > 0, "{f}");
+        }
+        let total = total.expect("a total line on exit");
+        assert_eq!(total["attempts"], ok + failed, "{total}");
+        assert_eq!(total["successes"], ok, "{total}");
+        assert_eq!(total["failures"], failed, "{total}");
+        assert_eq!(total["time_wait"], ok, "{total}");
+    });
+}
+
+#[test]
+fn unprivileged_trace_names_cap_bpf_and_doctor_still_works_root() {
+    let test = "unprivileged_trace_names_cap_bpf_and_doctor_still_works_root";
+    if !have_root(test) {
+        return;
+    }
+    let nobody = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).uid(65534).gid(65534);
+        // std drops root's supplementary groups (setgroups(0)) before setuid.
+        cmd.output().expect("run fivetuple as nobody")
+    };
+    let out = nobody(&["trace", "--duration", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("fivetuple: trace:").count(),
+        1,
+        "said once: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = nobody(&["doctor", "--interval", "0", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(0..=2)),
+        "doctor as nobody: {:?} {stderr}",
+        out.status
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    assert!(
+        doc["settings"].is_object() && doc["destinations"].is_array(),
+        "{doc}"
+    );
+}
