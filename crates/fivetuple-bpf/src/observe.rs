@@ -310,6 +310,7 @@ pub struct Options {
     max_flows: u32,
     max_failures: u32,
     max_sockets: u32,
+    syscalls: bool,
 }
 
 impl Default for Options {
@@ -320,6 +321,7 @@ impl Default for Options {
             max_flows: 16_384,
             max_failures: 4_096,
             max_sockets: 131_072,
+            syscalls: true,
         }
     }
 }
@@ -342,6 +344,15 @@ impl Options {
     /// Flows (cgroup, comm, destination) the counts map holds. Default 16,384.
     pub fn max_flows(mut self, n: u32) -> Options {
         self.max_flows = n.max(1);
+        self
+    }
+
+    /// Attach the syscall tracepoints (`sys_exit_connect`, `sys_{enter,exit}_bind`)
+    /// that give failures their errno and catch `bind()`'s `EADDRINUSE`.
+    /// Default on. Off, only `sock:inet_sock_set_state` is attached: no
+    /// failures are counted, and no syscall takes the kernel's traced path.
+    pub fn syscalls(mut self, on: bool) -> Options {
+        self.syscalls = on;
         self
     }
 
@@ -498,11 +509,16 @@ pub fn load(options: Options) -> Result<Observer, Error> {
     state
         .attach()
         .map_err(|e| Error::io("attaching to the tracepoint sock:inet_sock_set_state", e))?;
-    for (name, event) in [
-        ("ft_exit_connect", "sys_exit_connect"),
-        ("ft_enter_bind", "sys_enter_bind"),
-        ("ft_exit_bind", "sys_exit_bind"),
-    ] {
+    let syscalls: &[(&str, &str)] = if options.syscalls {
+        &[
+            ("ft_exit_connect", "sys_exit_connect"),
+            ("ft_enter_bind", "sys_enter_bind"),
+            ("ft_exit_bind", "sys_exit_bind"),
+        ]
+    } else {
+        &[]
+    };
+    for &(name, event) in syscalls {
         let program: &mut TracePoint = ebpf
             .program_mut(name)
             .expect("program in the object")
