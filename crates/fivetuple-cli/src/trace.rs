@@ -12,13 +12,12 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use fivetuple_bpf::observe::{self, CgroupNames, Counts, Event, Observer, Options};
+use fivetuple_bpf::observe::{self, CgroupNames, Counts, Event, Identity, Observer, Options};
 use fivetuple_scan::netns::{self, Target};
 use serde::Serialize;
 
@@ -108,7 +107,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<u8> {
     Ok(0)
 }
 
-fn netns_inode(target: &Target) -> Result<u32> {
+pub(crate) fn netns_inode(target: &Target) -> Result<u32> {
     let ino = match netns::open(target)? {
         Some(file) => file.metadata().context("reading the namespace file")?.ino(),
         None => std::fs::metadata("/proc/thread-self/ns/net")
@@ -183,7 +182,10 @@ struct SummaryLine {
 impl Trace {
     fn failure(&mut self, e: &Event, out: &mut impl Write) -> Result<()> {
         let path = self.names.path(e.cgroup).map(|p| p.display().to_string());
-        let ident = path.as_deref().map(identity).unwrap_or_default();
+        let ident = path
+            .as_deref()
+            .map(Identity::from_cgroup_path)
+            .unwrap_or_default();
         let errno_name = observe::errno_name(e.errno);
         let dest = e
             .destination
@@ -363,72 +365,9 @@ fn clock(t: SystemTime) -> String {
     )
 }
 
-/// Container id and pod UID found in a cgroup path, if any.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Identity {
-    container: Option<String>,
-    pod_uid: Option<String>,
-}
-
-/// Reads the container id (64 hex digits) and the Kubernetes pod UID from a
-/// cgroup path, in the cgroupfs shape (`/kubepods/burstable/pod<uid>/<id>`)
-/// and the systemd shape (`kubepods-burstable-pod<uid_with_underscores>.slice`,
-/// `cri-containerd-<id>.scope`, `docker-<id>.scope`, `crio-<id>.scope`).
-fn identity(path: &str) -> Identity {
-    let mut id = Identity::default();
-    for part in Path::new(path).iter().filter_map(|p| p.to_str()) {
-        let stem = part
-            .strip_suffix(".scope")
-            .or_else(|| part.strip_suffix(".slice"))
-            .unwrap_or(part);
-        let last = stem.rsplit(['-', ':']).next().unwrap_or(stem);
-        if last.len() == 64 && last.bytes().all(|b| b.is_ascii_hexdigit()) {
-            id.container = Some(last.to_string());
-        }
-        if let Some(pos) = stem.rfind("pod") {
-            let uid = stem[pos + 3..].replace('_', "-");
-            if uid.len() == 36 && uid.bytes().filter(|b| *b == b'-').count() == 4 {
-                id.pod_uid = Some(uid);
-            }
-        }
-    }
-    id
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_container_and_pod_from_cgroup_paths() {
-        let c = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let uid = "8d3b1a5c-3a5e-4e0f-9a51-6a1d0e2b7c11";
-        assert_eq!(
-            identity(&format!("/kubepods/burstable/pod{uid}/{c}")),
-            Identity {
-                container: Some(c.into()),
-                pod_uid: Some(uid.into())
-            }
-        );
-        assert_eq!(
-            identity(&format!(
-                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{c}.scope",
-                uid.replace('-', "_")
-            )),
-            Identity {
-                container: Some(c.into()),
-                pod_uid: Some(uid.into())
-            }
-        );
-        assert_eq!(
-            identity(&format!("/system.slice/docker-{c}.scope")).container,
-            Some(c.to_string())
-        );
-        assert_eq!(
-            identity("/user.slice/user-1000.slice/session-3.scope"),
-            Identity::default()
-        );
-    }
 
     #[test]
     fn clock_is_utc_time_of_day() {
