@@ -243,8 +243,48 @@ struct RawEvent {
     netns: u32,
 }
 
+/// Mirrors `struct ft_obs_owner`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct RawOwner {
+    key: RawKey,
+    tgid: u32,
+    netns: u32,
+}
+// SAFETY: repr(C), a RawKey and two u32, no padding.
+unsafe impl Pod for RawOwner {}
+
+/// Mirrors `struct ft_obs_tuple`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+struct RawTuple {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+    family: u16,
+    pad: u16,
+}
+// SAFETY: repr(C), byte arrays and u16 in 2-byte slots, no padding.
+unsafe impl Pod for RawTuple {}
+
 /// `struct ft_obs_owner`'s size, for the memory estimate.
-const OWNER_VALUE_LEN: usize = std::mem::size_of::<RawKey>() + 8;
+const OWNER_VALUE_LEN: usize = std::mem::size_of::<RawOwner>();
+
+/// Who connected the connection now in TIME_WAIT on `local` -> `remote`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TimeWaitOwner {
+    /// Local address and port of the TIME_WAIT socket.
+    pub local: SocketAddr,
+    /// Its peer.
+    pub remote: SocketAddr,
+    /// Process id that connected it.
+    pub pid: u32,
+    /// Its comm.
+    pub comm: String,
+    /// Its cgroup id.
+    pub cgroup: u64,
+}
 
 const AF_INET6: u16 = 10;
 
@@ -615,6 +655,30 @@ impl Observer {
         Ok(out)
     }
 
+    /// The owners of connections that entered TIME_WAIT while the observer
+    /// ran, by 4-tuple (the most recent 65,536; a TIME_WAIT lasts 60 s, so
+    /// some listed may have expired: join with the socket table).
+    pub fn time_wait_owners(&self) -> Result<Vec<TimeWaitOwner>, Error> {
+        let map: BpfHashMap<_, RawTuple, RawOwner> = BpfHashMap::try_from(
+            self.ebpf
+                .map("ft_tw_owner")
+                .expect("ft_tw_owner in the object"),
+        )
+        .map_err(|e| Error::io("opening ft_tw_owner", e))?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (t, o) = entry.map_err(|e| Error::io("reading ft_tw_owner", e))?;
+            out.push(TimeWaitOwner {
+                local: address(t.family, &t.saddr, t.sport),
+                remote: address(t.family, &t.daddr, t.dport),
+                pid: o.tgid,
+                comm: comm_string(&o.key.comm),
+                cgroup: o.key.cgroup,
+            });
+        }
+        Ok(out)
+    }
+
     /// What was dropped or unowned so far, summed over CPUs.
     pub fn drops(&self) -> Result<Drops, Error> {
         let array: PerCpuArray<_, u64> =
@@ -828,6 +892,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<RawCounts>(), 24);
         assert_eq!(std::mem::size_of::<RawEvent>(), 88);
         assert_eq!(std::mem::size_of::<RawConfig>(), 8);
+        assert_eq!(std::mem::size_of::<RawOwner>(), 56);
+        assert_eq!(std::mem::size_of::<RawTuple>(), 40);
     }
 
     fn event_bytes(

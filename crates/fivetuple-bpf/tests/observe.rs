@@ -137,8 +137,8 @@ impl Drop for Server {
     }
 }
 
-/// TIME-WAIT sockets `ss` shows towards `dst`.
-fn ss_time_wait_to(dst: SocketAddr) -> u64 {
+/// Local addresses of the TIME-WAIT sockets `ss` shows towards `dst`.
+fn ss_time_wait_to(dst: SocketAddr) -> Vec<SocketAddr> {
     let out = Command::new("ss")
         .args(["-Htan", "state", "time-wait", "dst"])
         .arg(dst.to_string())
@@ -146,8 +146,12 @@ fn ss_time_wait_to(dst: SocketAddr) -> u64 {
         .expect("run ss");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count() as u64
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|e| panic!("ss local address {a:?}: {e}"))
+        })
+        .collect()
 }
 
 #[test]
@@ -223,6 +227,7 @@ fn counts_equal_what_python_curl_and_go_clients_counted_root() {
             .map(|(f, c)| ((f.comm, f.destination), c))
             .collect();
         let failures = observer.failures().unwrap();
+        let tw_owners = observer.time_wait_owners().unwrap();
         let failed = |comm: &str, dst: Option<SocketAddr>, stage: Stage, errno: i32| -> u64 {
             failures
                 .iter()
@@ -258,10 +263,19 @@ fn counts_equal_what_python_curl_and_go_clients_counted_root() {
             );
             let ss = ss_time_wait_to(*dst);
             assert_eq!(
-                seen.time_wait, ss,
+                seen.time_wait,
+                ss.len() as u64,
                 "{} -> {dst}: TIME_WAIT entries vs ss",
                 c.comm
             );
+            // Each TIME_WAIT ss shows has its owner under its own 4-tuple.
+            for local in &ss {
+                let owner = tw_owners
+                    .iter()
+                    .find(|o| o.local == *local && o.remote == *dst)
+                    .unwrap_or_else(|| panic!("no owner for TIME_WAIT {local} -> {dst}"));
+                assert_eq!(owner.comm, c.comm, "{local} -> {dst}");
+            }
         }
         assert_eq!(
             failed(&bind.comm, None, Stage::Bind, EADDRINUSE),

@@ -94,6 +94,15 @@ struct {
 	__type(value, struct ft_obs_pending);
 } ft_pending SEC(".maps");
 
+// Owners of timewait sockets by 4-tuple (LRU: the oldest, likely expired,
+// make room). A TIME_WAIT lasts 60 s; size for the connections per minute.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ft_obs_tuple);
+	__type(value, struct ft_obs_owner);
+} ft_tw_owner SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
@@ -260,6 +269,30 @@ static __always_inline void on_syn_sent(const struct sock *sk)
 		drop(FT_DROP_OWNER_FULL);
 }
 
+// Keeps the owner under the timewait socket's 4-tuple (the full socket's,
+// which inet_twsk_alloc copies); a v4-mapped IPv6 pair is kept as IPv4, as
+// the socket table shows it.
+static __always_inline void remember_tw(const struct sock *sk, const struct ft_obs_owner *owner)
+{
+	struct ft_obs_tuple t = {};
+	// skc_num is already 0 here (the hashdance's __inet_put_port); the
+	// header's inet_sport keeps the port.
+	t.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	t.dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	t.family = owner->key.family;
+	if (t.family == AF_INET6) {
+		BPF_CORE_READ_INTO((struct in6_addr *)t.saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO((struct in6_addr *)t.daddr, sk, __sk_common.skc_v6_daddr);
+	} else {
+		__u32 a = sk->__sk_common.skc_rcv_saddr;
+		__u32 b = sk->__sk_common.skc_daddr;
+		__builtin_memcpy(t.saddr, &a, 4);
+		__builtin_memcpy(t.daddr, &b, 4);
+	}
+	if (bpf_map_update_elem(&ft_tw_owner, &t, owner, BPF_ANY))
+		drop(FT_DROP_OWNER_FULL);
+}
+
 static __always_inline int unhashed(const struct sock *sk)
 {
 	return BPF_CORE_READ(sk, __sk_common.skc_nulls_node.pprev) == 0;
@@ -303,6 +336,7 @@ int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int 
 				struct ft_obs_counts *c = counts_of(&owner->key);
 				if (c)
 					__sync_fetch_and_add(&c->time_wait, 1);
+				remember_tw(sk, owner);
 			} else {
 				drop(FT_NOTE_TW_UNOWNED);
 			}

@@ -83,3 +83,14 @@ struct ft_obs_bind {
 	__u64 fd;
 	__u64 uaddr; // user pointer
 };
+
+// A timewait socket's 4-tuple, the key under which its owner is kept so a
+// reader of the socket table (doctor) can name the owner of each TIME_WAIT.
+struct ft_obs_tuple {
+	__u8 saddr[16]; // IPv4 in the first 4 bytes
+	__u8 daddr[16];
+	__u16 sport;    // host order
+	__u16 dport;
+	__u16 family;
+	__u16 pad;
+};
