@@ -268,9 +268,6 @@ struct RawTuple {
 // SAFETY: repr(C), byte arrays and u16 in 2-byte slots, no padding.
 unsafe impl Pod for RawTuple {}
 
-/// `struct ft_obs_owner`'s size, for the memory estimate.
-const OWNER_VALUE_LEN: usize = std::mem::size_of::<RawOwner>();
-
 /// Who connected the connection now in TIME_WAIT on `local` -> `remote`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TimeWaitOwner {
@@ -341,15 +338,15 @@ impl RawEvent {
 }
 
 /// What to observe and how big the maps are. Defaults: every network
-/// namespace, failure events on, 16,384 flows, 4,096 failure keys, 131,072
-/// connected sockets tracked for TIME_WAIT attribution.
+/// namespace, failure events on, 16,384 flows, 4,096 failure keys. The
+/// owner of each connected socket lives in socket-local storage, which the
+/// kernel frees with the socket: no bound to set, nothing held when idle.
 #[derive(Debug, Clone)]
 pub struct Options {
     netns: Option<u32>,
     events: bool,
     max_flows: u32,
     max_failures: u32,
-    max_sockets: u32,
     syscalls: bool,
 }
 
@@ -360,7 +357,6 @@ impl Default for Options {
             events: true,
             max_flows: 16_384,
             max_failures: 4_096,
-            max_sockets: 131_072,
             syscalls: true,
         }
     }
@@ -393,12 +389,6 @@ impl Options {
     /// failures are counted, and no syscall takes the kernel's traced path.
     pub fn syscalls(mut self, on: bool) -> Options {
         self.syscalls = on;
-        self
-    }
-
-    /// Connected sockets tracked at once for TIME_WAIT attribution. Default 131,072.
-    pub fn max_sockets(mut self, n: u32) -> Options {
-        self.max_sockets = n.max(1);
         self
     }
 }
@@ -511,9 +501,11 @@ pub fn load(options: Options) -> Result<Observer, Error> {
     let btf = Btf::from_sys_fs().map_err(|e| Error::io("reading /sys/kernel/btf/vmlinux", e))?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
+        // ft_pending is task storage, which aya creates and the programs
+        // use but aya has no Rust handle for (user space never reads it).
+        .allow_unsupported_maps()
         .map_max_entries("ft_counts", options.max_flows)
         .map_max_entries("ft_failures", options.max_failures)
-        .map_max_entries("ft_owner", options.max_sockets)
         .load(crate::objects::OBSERVE)
         .map_err(|e| {
             if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) = &e
@@ -750,7 +742,9 @@ impl Observer {
                 | aya::maps::Map::HashMap(m)
                 | aya::maps::Map::LruHashMap(m)
                 | aya::maps::Map::PerCpuArray(m)
-                | aya::maps::Map::RingBuf(m) => m.fd().as_fd().as_raw_fd(),
+                | aya::maps::Map::RingBuf(m)
+                | aya::maps::Map::SkStorage(m)
+                | aya::maps::Map::Unsupported(m) => m.fd().as_fd().as_raw_fd(),
                 _ => continue,
             };
             out.push((name.to_string(), memlock_of(fd)?));
@@ -762,14 +756,58 @@ impl Observer {
         Ok(out)
     }
 
+    /// Runs and run time of each loaded program (`run_cnt`, `run_time_ns` in the
+    /// program's fdinfo), which the kernel counts only while run-time
+    /// statistics are on (see [`enable_run_time_stats`]).
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>, Error> {
+        let mut out = Vec::new();
+        for (name, program) in self.ebpf.programs() {
+            let Ok(fd) = program.fd() else {
+                continue; // not loaded (Options::syscalls(false))
+            };
+            let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+            let text =
+                fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+            let field = |key: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            out.push(ProgramStats {
+                name: name.to_string(),
+                runs: field("run_cnt:"),
+                run_time: Duration::from_nanos(field("run_time_ns:")),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     /// The options it was loaded with.
     pub fn options(&self) -> &Options {
         &self.options
     }
 }
 
-/// Size of one tracked socket in the owner map (key + value), for estimates.
-pub const OWNER_ENTRY_BYTES: usize = 8 + OWNER_VALUE_LEN;
+/// Runs and run time of one program.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProgramStats {
+    /// The program's name in the object.
+    pub name: String,
+    /// Times it ran.
+    pub runs: u64,
+    /// Time spent in it.
+    pub run_time: Duration,
+}
+
+/// Turns on the kernel's run-time statistics of every BPF program
+/// (`BPF_ENABLE_STATS`, Linux 5.8+) for as long as the returned fd is open;
+/// they cost two clock reads per program run.
+pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd, Error> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| Error::io("enabling BPF run-time statistics", e))
+}
 
 fn memlock_of(fd: i32) -> Result<u64, Error> {
     let path = format!("/proc/self/fdinfo/{fd}");

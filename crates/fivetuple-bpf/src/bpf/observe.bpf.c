@@ -78,19 +78,21 @@ struct {
 	__type(value, __u64);
 } ft_failures SEC(".maps");
 
-// Connected sockets and who connected them. LRU: a socket whose close was
-// never seen is evicted rather than blocking new ones.
+// Who connected each socket: socket-local storage, allocated at connect,
+// freed by the kernel with the socket (bpf_sk_storage_free), so it is
+// bounded by the sockets that exist and costs nothing when idle.
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 131072);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct ft_obs_owner);
 } ft_owner SEC(".maps");
 
+// The connect() in progress on each thread: task-local storage.
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct ft_obs_pending);
 } ft_pending SEC(".maps");
 
@@ -257,16 +259,22 @@ static __always_inline void on_syn_sent(const struct sock *sk)
 	struct ft_obs_counts *c = counts_of(&owner.key);
 	if (c)
 		__sync_fetch_and_add(&c->attempts, 1);
-	__u64 ptr = (__u64)sk;
-	if (bpf_map_update_elem(&ft_owner, &ptr, &owner, BPF_ANY))
+	struct ft_obs_owner *o = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (o)
+		*o = owner;
+	else
 		drop(FT_DROP_OWNER_FULL);
-	struct ft_obs_pending p = {};
-	p.key = owner.key;
-	p.sk = ptr;
-	p.netns = netns;
-	__u32 tid = (__u32)id;
-	if (bpf_map_update_elem(&ft_pending, &tid, &p, BPF_ANY))
+	struct ft_obs_pending *p =
+		bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!p) {
 		drop(FT_DROP_OWNER_FULL);
+		return;
+	}
+	__builtin_memset(p, 0, sizeof(*p));
+	p->key = owner.key;
+	p->sk = (__u64)sk;
+	p->netns = netns;
+	p->active = 1;
 }
 
 // Keeps the owner under the timewait socket's 4-tuple (the full socket's,
@@ -311,7 +319,7 @@ int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	__u64 ptr = (__u64)sk;
-	struct ft_obs_owner *owner = bpf_map_lookup_elem(&ft_owner, &ptr);
+	struct ft_obs_owner *owner = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, 0);
 	if (newstate == TCP_ESTABLISHED) {
 		if (!owner) {
 			drop(FT_NOTE_EST_UNOWNED);
@@ -324,9 +332,8 @@ int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int 
 	}
 	// newstate == TCP_CLOSE
 	if (oldstate == TCP_SYN_SENT) {
-		__u32 tid = (__u32)bpf_get_current_pid_tgid();
-		struct ft_obs_pending *p = bpf_map_lookup_elem(&ft_pending, &tid);
-		if (p && p->sk == ptr) {
+		struct ft_obs_pending *p = bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, 0);
+		if (p && p->active && p->sk == ptr) {
 			p->failed = 1;
 			bound_source(sk, p->key.family, p->saddr, &p->sport);
 		}
@@ -343,17 +350,17 @@ int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int 
 		}
 	}
 	if (owner)
-		bpf_map_delete_elem(&ft_owner, &ptr);
+		bpf_sk_storage_delete(&ft_owner, (struct sock *)sk);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_connect")
 int ft_exit_connect(struct trace_event_raw_sys_exit *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct ft_obs_pending *p = bpf_map_lookup_elem(&ft_pending, &tid);
-	if (!p)
+	struct ft_obs_pending *p = bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, 0);
+	if (!p || !p->active)
 		return 0;
+	p->active = 0;
 	long ret = ctx->ret;
 	if (p->failed && (ret == -EADDRNOTAVAIL || ret == -EADDRINUSE)) {
 		struct ft_obs_config *cfg = obs_config();
@@ -365,7 +372,6 @@ int ft_exit_connect(struct trace_event_raw_sys_exit *ctx)
 			send_event(cfg, &key, p->saddr, p->sport, p->netns);
 		}
 	}
-	bpf_map_delete_elem(&ft_pending, &tid);
 	return 0;
 }
 

@@ -76,6 +76,8 @@ struct ft_obs_pending {
 	__u16 sport;
 	__u16 failed;   // the socket went back to CLOSE during the call
 	__u32 netns;
+	__u32 active;   // a call is in progress (cleared at sys_exit_connect)
+	__u32 pad;
 };
 
 // A bind() in progress on one thread (its arguments).
