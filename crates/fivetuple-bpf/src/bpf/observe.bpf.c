@@ -22,7 +22,6 @@
 //                        moves it to CLOSE; a reset or a FIN_WAIT2 timeout
 //                        reaches CLOSE still hashed (tcp_set_state unhashes
 //                        after the tracepoint).
-//     any -> CLOSE       forgets the owner.
 //   tracepoint/syscalls/sys_exit_connect: the errno of a failed attempt
 //     (EADDRNOTAVAIL from __inet_hash_connect, or EADDRINUSE).
 //   tracepoint/syscalls/sys_{enter,exit}_bind: EADDRINUSE of bind() on a TCP
@@ -100,6 +99,7 @@ struct {
 // make room). A TIME_WAIT lasts 60 s; size for the connections per minute.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU); // per-CPU LRU lists: no shared lock
 	__uint(max_entries, 65536);
 	__type(key, struct ft_obs_tuple);
 	__type(value, struct ft_obs_owner);
@@ -246,7 +246,7 @@ static __always_inline void on_syn_sent(const struct sock *sk)
 	struct ft_obs_config *cfg = obs_config();
 	if (!cfg)
 		return;
-	__u32 netns = netns_of(sk);
+	__u32 netns = sk->__sk_common.skc_net.net->ns.inum; // BTF pointer walk, no probe reads
 	if (cfg->netns && cfg->netns != netns)
 		return;
 	struct ft_obs_owner owner = {};
@@ -303,7 +303,7 @@ static __always_inline void remember_tw(const struct sock *sk, const struct ft_o
 
 static __always_inline int unhashed(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_nulls_node.pprev) == 0;
+	return sk->__sk_common.skc_nulls_node.pprev == 0; // a direct (BTF) load, no probe read
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -349,8 +349,9 @@ int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int 
 			}
 		}
 	}
-	if (owner)
-		bpf_sk_storage_delete(&ft_owner, (struct sock *)sk);
+	// The owner stays in the socket's storage until the kernel frees the
+	// socket (a reconnect of the same socket overwrites it): deleting here
+	// would cost a free per connection for nothing.
 	return 0;
 }
 
