@@ -265,18 +265,8 @@ impl KernelPolicy {
             }
         }
         if let Some(only) = only {
-            match only.net {
-                IpAddr::V4(a) => {
-                    c.only_family = 4;
-                    c.only_addr[0] = u32::from_ne_bytes(a.octets());
-                }
-                IpAddr::V6(a) => {
-                    c.only_family = 6;
-                    for (i, chunk) in a.octets().chunks(4).enumerate() {
-                        c.only_addr[i] = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
-                    }
-                }
-            }
+            c.only_family = if only.net.is_ipv4() { 4 } else { 6 };
+            c.only_addr = words(only.net);
             c.only_prefix = u32::from(only.prefix);
             c.only_port = only.port.unwrap_or(0);
         }
@@ -529,68 +519,19 @@ fn load_unchecked(policy: &KernelPolicy, only: Option<&Only>) -> Result<Loaded, 
         .map_max_entries("ft_src6", entries(src6.len()))
         .load(crate::objects::POLICY)
         .map_err(classify_load_error)?;
-    {
-        let mut config: Array<_, Config> =
-            Array::try_from(ebpf.map_mut("ft_config").expect("ft_config in the object"))
-                .map_err(|e| Error::io("opening ft_config", e))?;
-        config
-            .set(0, policy.config(only), 0)
-            .map_err(|e| Error::io("writing the policy configuration", e))?;
-    }
-    {
-        let mut table: Array<_, u16> =
-            Array::try_from(ebpf.map_mut("ft_ports").expect("ft_ports in the object"))
-                .map_err(|e| Error::io("opening ft_ports", e))?;
-        for (i, p) in ports.iter().enumerate() {
-            table
-                .set(i as u32, *p, 0)
-                .map_err(|e| Error::io("writing the rotation's ports", e))?;
-        }
-    }
-    {
-        let mut table: Array<_, u32> =
-            Array::try_from(ebpf.map_mut("ft_src4").expect("ft_src4 in the object"))
-                .map_err(|e| Error::io("opening ft_src4", e))?;
-        for (i, a) in src4.iter().enumerate() {
-            let IpAddr::V4(a) = a else { continue };
-            table
-                .set(i as u32, u32::from_ne_bytes(a.octets()), 0)
-                .map_err(|e| Error::io("writing the IPv4 sources", e))?;
-        }
-    }
-    {
-        let mut table: Array<_, In6> =
-            Array::try_from(ebpf.map_mut("ft_src6").expect("ft_src6 in the object"))
-                .map_err(|e| Error::io("opening ft_src6", e))?;
-        for (i, a) in src6.iter().enumerate() {
-            let IpAddr::V6(a) = a else { continue };
-            let mut words = [0u32; 4];
-            for (w, chunk) in words.iter_mut().zip(a.octets().chunks(4)) {
-                *w = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
-            }
-            table
-                .set(i as u32, In6(words), 0)
-                .map_err(|e| Error::io("writing the IPv6 sources", e))?;
-        }
-    }
-    {
-        // Start the shared counters at random offsets, as the library's
-        // Rotation does, so a restart does not walk into its own TIME_WAITs.
-        let mut next: Array<_, u64> =
-            Array::try_from(ebpf.map_mut("ft_next").expect("ft_next in the object"))
-                .map_err(|e| Error::io("opening ft_next", e))?;
-        for family in 0..2 {
-            next.set(family, rand::random::<u64>() >> 1, 0)
-                .map_err(|e| Error::io("writing the rotation's start", e))?;
-        }
-    }
+    fill(&mut ebpf, "ft_config", [policy.config(only)])?;
+    fill(&mut ebpf, "ft_ports", ports.iter().copied())?;
+    fill(&mut ebpf, "ft_src4", src4.iter().map(|a| words(*a)[0]))?;
+    fill(&mut ebpf, "ft_src6", src6.iter().map(|a| In6(words(*a))))?;
+    // Start the shared counters at random offsets, as the library's Rotation
+    // does, so a restart does not walk into its own TIME_WAITs.
+    fill(
+        &mut ebpf,
+        "ft_next",
+        [0; 2].map(|_: u8| rand::random::<u64>() >> 1),
+    )?;
     for name in PROGRAMS {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .expect("program in the object")
-            .try_into()
-            .map_err(|e| Error::io(format!("{name} is not a cgroup sock_addr program"), e))?;
-        program
+        program(&mut ebpf, name)?
             .load()
             .map_err(|e| classify_program_error(name, e))?;
     }
@@ -601,6 +542,45 @@ fn load_unchecked(policy: &KernelPolicy, only: Option<&Only>) -> Result<Loaded, 
         cgroup: None,
         links: Vec::new(),
     })
+}
+
+/// Writes `values` at indexes 0, 1, ... of the array map `name`.
+fn fill<V: Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    values: impl IntoIterator<Item = V>,
+) -> Result<(), Error> {
+    let map = ebpf.map_mut(name).expect("map in the object");
+    let mut array: Array<_, V> =
+        Array::try_from(map).map_err(|e| Error::io(format!("opening {name}"), e))?;
+    for (i, v) in values.into_iter().enumerate() {
+        array
+            .set(i as u32, v, 0)
+            .map_err(|e| Error::io(format!("writing {name}[{i}]"), e))?;
+    }
+    Ok(())
+}
+
+/// An address as the program stores it: 32-bit words in network order
+/// (IPv4 in the first word).
+fn words(addr: IpAddr) -> [u32; 4] {
+    let mut w = [0u32; 4];
+    match addr {
+        IpAddr::V4(a) => w[0] = u32::from_ne_bytes(a.octets()),
+        IpAddr::V6(a) => {
+            for (w, chunk) in w.iter_mut().zip(a.octets().chunks(4)) {
+                *w = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
+            }
+        }
+    }
+    w
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr, Error> {
+    ebpf.program_mut(name)
+        .expect("program in the object")
+        .try_into()
+        .map_err(|e| Error::io(format!("{name} is not a cgroup sock_addr program"), e))
 }
 
 fn classify_load_error(e: aya::EbpfError) -> Error {
@@ -640,13 +620,8 @@ impl Loaded {
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), Error> {
         let dir = fs::File::open(cgroup)
             .map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
-        for name in PROGRAMS {
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .expect("program in the object")
-                .try_into()
-                .map_err(|e| Error::io(format!("{name} is not a cgroup sock_addr program"), e))?;
+        for (index, name) in PROGRAMS.into_iter().enumerate() {
+            let program = program(&mut self.ebpf, name)?;
             // A bpf_link (Linux 5.7+) is always multi-attach; Single maps to
             // flags 0, which link_create requires.
             let id = program.attach(&dir, CgroupAttachMode::Single).map_err(|e| {
@@ -656,10 +631,7 @@ impl Loaded {
                     Error::io(format!("attaching {name} to cgroup {}", cgroup.display()), e)
                 }
             })?;
-            self.links.push((
-                PROGRAMS.iter().position(|p| *p == name).expect("listed"),
-                id,
-            ));
+            self.links.push((index, id));
         }
         self.cgroup = Some(cgroup.to_path_buf());
         Ok(())
@@ -710,13 +682,7 @@ impl Loaded {
         let mut meta = [0u8; META_LEN];
         let n = text.len().min(META_LEN - 1);
         meta[..n].copy_from_slice(&text.as_bytes()[..n]);
-        {
-            let mut m: Array<_, [u8; META_LEN]> =
-                Array::try_from(self.ebpf.map_mut("ft_meta").expect("ft_meta"))
-                    .map_err(|e| Error::io("opening ft_meta", e))?;
-            m.set(0, meta, 0)
-                .map_err(|e| Error::io("writing ft_meta", e))?;
-        }
+        fill(&mut self.ebpf, "ft_meta", [meta])?;
         for name in ["ft_config", "ft_stats", "ft_meta"] {
             self.ebpf
                 .map(name)
@@ -727,13 +693,7 @@ impl Loaded {
         for (index, id) in std::mem::take(&mut self.links) {
             let name = PROGRAMS[index];
             let file = ["link4", "link6"][index];
-            let program: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .expect("program")
-                .try_into()
-                .map_err(|e| Error::io(format!("{name} is not a cgroup sock_addr program"), e))?;
-            let link = program
+            let link = program(&mut self.ebpf, name)?
                 .take_link(id)
                 .map_err(|e| Error::io(format!("taking the link of {name}"), e))?;
             let fd_link = FdLink::try_from(link).map_err(|e| {
@@ -823,8 +783,25 @@ pub fn attach_pinned(
 
 /// Detaches the policy pinned for `cgroup` under `root` and removes its pins.
 /// The kernel detaches a link when its last reference (the pin) goes.
+///
+/// When the cgroup no longer exists, the pins whose recorded cgroup path is
+/// `cgroup` are removed instead, so a policy never outlives its cgroup in
+/// the listing.
 pub fn detach_pinned(root: &Path, cgroup: &Path) -> Result<PathBuf, Error> {
-    let dir = pin_dir(root, cgroup)?;
+    let dir = match pin_dir(root, cgroup) {
+        Ok(dir) => dir,
+        Err(_) => list(root)?
+            .into_iter()
+            .find(|p| p.cgroup == cgroup)
+            .map(|p| p.dir)
+            .ok_or_else(|| {
+                Error::State(format!(
+                    "no fivetuple policy is attached to {} (it is not a cgroup now, and no pin under {} records it)",
+                    cgroup.display(),
+                    root.display()
+                ))
+            })?,
+    };
     if !dir.exists() {
         return Err(Error::State(format!(
             "no fivetuple policy is attached to {} (nothing at {})",

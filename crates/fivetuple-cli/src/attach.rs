@@ -36,18 +36,28 @@ impl PinArgs {
     }
 }
 
+/// The policy and its destination filter (shared by run and attach).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Policy spec, as the library's: kernel, rotate[:LO-HI], spread:A-B, spread-rotate:A-B@LO-HI, window:LO-HI.
+    #[arg(long, value_name = "SPEC")]
+    pub policy: String,
+    #[arg(
+        long,
+        value_name = "DEST",
+        help = "Apply only to connects to DEST[/PREFIX][:PORT] (e.g. 127.0.0.1:8080, 10.0.0.0/8, [::1]:443)"
+    )]
+    pub only: Option<String>,
+}
+
 /// Arguments of `fivetuple attach`.
 #[derive(Debug, Parser)]
 pub struct AttachArgs {
     /// The cgroup v2 directory: absolute, or relative to the cgroup2 mount (e.g. system.slice/nginx.service).
     #[arg(long, value_name = "PATH")]
     pub cgroup: PathBuf,
-    /// Policy spec, as the library's: kernel, rotate[:LO-HI], spread:A-B, spread-rotate:A-B@LO-HI, window:LO-HI.
-    #[arg(long, value_name = "SPEC")]
-    pub policy: String,
-    /// Apply only to connects to DEST[/PREFIX][:PORT] (e.g. 127.0.0.1:8080, 10.0.0.0/8, [::1]:443).
-    #[arg(long, value_name = "DEST")]
-    pub only: Option<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     #[command(flatten)]
     pub pins: PinArgs,
 }
@@ -96,11 +106,11 @@ pub fn resolve_cgroup(path: &Path) -> Result<PathBuf> {
 /// not let the hook set `IP_LOCAL_PORT_RANGE`. `netns` is where bare
 /// `rotate` reads its range and rotation its reserved ports.
 pub fn prepare(
-    spec: &str,
-    only: Option<&str>,
+    args: &PolicyArgs,
     netns: Option<&Path>,
 ) -> Result<(KernelPolicy, Option<Only>), fivetuple_bpf::Error> {
-    let only = only.map(str::parse::<Only>).transpose()?;
+    let spec = args.policy.as_str();
+    let only = args.only.as_deref().map(str::parse::<Only>).transpose()?;
     let policy = match netns {
         Some(ns) => cgroup::in_netns(ns, || KernelPolicy::parse(spec))??,
         None => KernelPolicy::parse(spec)?,
@@ -138,7 +148,7 @@ pub fn refuse(cmd: &str, e: &fivetuple_bpf::Error) -> u8 {
 pub fn attach(args: AttachArgs, out: &mut impl Write) -> Result<u8> {
     let cgroup = resolve_cgroup(&args.cgroup)?;
     let netns = cgroup::netns_of(&cgroup).ok().flatten();
-    let (policy, only) = match prepare(&args.policy, args.only.as_deref(), netns.as_deref()) {
+    let (policy, only) = match prepare(&args.policy, netns.as_deref()) {
         Ok(p) => p,
         Err(e) => return Ok(refuse("attach", &e)),
     };
@@ -159,7 +169,12 @@ pub fn attach(args: AttachArgs, out: &mut impl Write) -> Result<u8> {
 
 /// Runs `fivetuple detach`.
 pub fn detach(args: DetachArgs, out: &mut impl Write) -> Result<u8> {
-    let cgroup = resolve_cgroup(&args.cgroup)?;
+    // A removed cgroup is still detached by the path its pins recorded.
+    let cgroup = resolve_cgroup(&args.cgroup).or_else(|e| match probe::cgroup2_mount() {
+        Ok(Some(mount)) if !args.cgroup.is_absolute() => Ok(mount.join(&args.cgroup)),
+        _ if args.cgroup.is_absolute() => Ok(args.cgroup.clone()),
+        _ => Err(e),
+    })?;
     match policy::detach_pinned(&args.pins.root(), &cgroup) {
         Ok(dir) => {
             writeln!(

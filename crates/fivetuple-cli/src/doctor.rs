@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
 
-use crate::table_args::TableArgs;
-use anyhow::{bail, Context, Result};
+use crate::table_args::{TableArgs, ThresholdArgs};
+use anyhow::{Context, Result};
 use fivetuple_scan::model::{self, Analysis, Destination, Severity, Snapshot, Thresholds};
 use fivetuple_scan::netns::{self, Target};
 use fivetuple_scan::{procs, Reader, ScanError, Settings};
@@ -18,6 +18,10 @@ use serde::Serialize;
 const SCHEMA_VERSION: u32 = 1;
 /// The longest `--interval` accepted.
 const MAX_INTERVAL: Duration = Duration::from_secs(300);
+/// The shortest non-zero `--interval` accepted: over a shorter window a
+/// handful of connections reads as a huge rate (one new connection in 1 ms
+/// is "1000/s"), and the time to exhaustion with it.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Raw `doctor` arguments, as typed.
 #[derive(Debug, clap::Args)]
@@ -30,13 +34,9 @@ pub struct Args {
     /// Show this many destinations, highest utilization first (0: all).
     #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
-    /// Warning threshold, percent of usable ports toward one destination.
-    #[arg(long, value_name = "PCT", default_value = "50", value_parser = parse_percent)]
-    warn: f64,
-    /// Critical threshold, percent of usable ports toward one destination.
-    #[arg(long, value_name = "PCT", default_value = "90", value_parser = parse_percent)]
-    crit: f64,
-    /// Time between the two scans that measure the rate ("1s", "500ms", "2"; "0" for one scan, no rate).
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
+    /// Time between the two scans that measure the rate ("1s", "500ms", "2"; at least 100ms; "0" for one scan, no rate).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
     interval: Duration,
     /// Skip process attribution (scanning /proc/PID/fd).
@@ -58,9 +58,7 @@ struct Config {
 
 impl Config {
     fn resolve(args: Args) -> Result<Config> {
-        if args.warn >= args.crit {
-            bail!("--warn {} must be below --crit {}", args.warn, args.crit);
-        }
+        let thresholds = args.thresholds.thresholds()?;
         let target = args.table.target();
         // Open the namespace now so a bad --netns/--pid fails before any scan.
         netns::open(&target)?;
@@ -69,28 +67,12 @@ impl Config {
             json: args.json,
             target,
             top: args.top,
-            thresholds: Thresholds {
-                warn_pct: args.warn,
-                crit_pct: args.crit,
-            },
+            thresholds,
             interval: args.interval,
             reader,
             processes: !args.no_processes,
         })
     }
-}
-
-fn parse_percent(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| format!("{s:?} is not a percentage"))?;
-    if !(v > 0.0 && v <= 100.0) {
-        return Err(format!(
-            "{s} is out of range: a percentage must be above 0 and at most 100"
-        ));
-    }
-    Ok(v)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -111,6 +93,12 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err(format!(
             "{s} is too long: at most {} s",
             MAX_INTERVAL.as_secs()
+        ));
+    }
+    if !d.is_zero() && d < MIN_INTERVAL {
+        return Err(format!(
+            "{s} is too short to measure a rate: at least {} ms (or 0 for one scan and no rate)",
+            MIN_INTERVAL.as_millis()
         ));
     }
     Ok(d)
@@ -134,11 +122,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         .with_context(|| format!("cannot scan the {} network namespace", cfg.target))?;
 
     let owners = cfg.processes.then(|| {
-        let listening = model::listening_ports(&now.sockets);
+        let directions = model::Directions::new(&now.sockets, &now.settings);
         let wanted: HashSet<u64> = now
             .sockets
             .iter()
-            .filter(|s| s.inode != 0 && model::is_outbound(s, &listening))
+            .filter(|s| s.inode != 0 && directions.is_outbound(s))
             .map(|s| s.inode)
             .collect();
         procs::find_owners(&wanted)
@@ -196,6 +184,8 @@ struct JsonDoc<'a> {
 struct JsonThresholds {
     warn_pct: f64,
     crit_pct: f64,
+    warn_seconds: f64,
+    crit_seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -229,6 +219,8 @@ fn write_json(
         thresholds: JsonThresholds {
             warn_pct: cfg.thresholds.warn_pct,
             crit_pct: cfg.thresholds.crit_pct,
+            warn_seconds: cfg.thresholds.warn_seconds,
+            crit_seconds: cfg.thresholds.crit_seconds,
         },
         settings: JsonSettings {
             settings: &now.settings,
@@ -262,10 +254,15 @@ fn write_report(
 ) -> Result<()> {
     let s = &now.settings;
     let t = &a.totals;
+    let rate = if cfg.interval.is_zero() {
+        "one scan, no rate (--interval 0)".to_string()
+    } else {
+        format!("rate over {} s", cfg.interval.as_secs_f64())
+    };
     writeln!(
         out,
-        "fivetuple doctor: namespace {}, socket table from {} ({} sockets), rate over {:?}",
-        cfg.target, a.source, t.sockets, cfg.interval
+        "fivetuple doctor: namespace {}, socket table from {} ({} sockets), {rate}",
+        cfg.target, a.source, t.sockets
     )?;
     writeln!(out, "\nSettings")?;
     let (lo, hi) = s.ip_local_port_range;
@@ -348,10 +345,18 @@ fn write_report(
     )?;
     writeln!(
         out,
-        "\nSockets: {} total, {} listening, {} inbound (not counted), {} outbound to {} destinations, {} TIME_WAIT",
+        "\nSockets: {} total, {} listening, {} inbound (not counted{}), {} outbound to {} destinations, {} TIME_WAIT",
         t.sockets,
         t.listening,
         t.inbound,
+        if t.inbound_without_listener > 0 {
+            format!(
+                "; {} of them of a server that no longer listens",
+                t.inbound_without_listener
+            )
+        } else {
+            String::new()
+        },
         t.outbound,
         a.destinations.len(),
         t.time_wait
@@ -429,8 +434,8 @@ fn write_report(
     if a.findings.is_empty() {
         writeln!(
             out,
-            "  none: every destination is below {}% of its ports",
-            cfg.thresholds.warn_pct
+            "  none: every destination is below {}% of its ports and not running out within {} s",
+            cfg.thresholds.warn_pct, cfg.thresholds.warn_seconds
         )?;
     }
     for f in &a.findings {
@@ -463,16 +468,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percent_bounds() {
-        assert_eq!(parse_percent("50").unwrap(), 50.0);
-        assert_eq!(parse_percent("90%").unwrap(), 90.0);
-        assert!(parse_percent("0").unwrap_err().contains('0'));
-        assert!(parse_percent("101").unwrap_err().contains("101"));
-        assert!(parse_percent("NaN").is_err());
-        assert!(parse_percent("abc").unwrap_err().contains("abc"));
-    }
-
-    #[test]
     fn intervals() {
         assert_eq!(parse_interval("1s").unwrap(), Duration::from_secs(1));
         assert_eq!(parse_interval("250ms").unwrap(), Duration::from_millis(250));
@@ -481,6 +476,10 @@ mod tests {
         assert!(parse_interval("-1").unwrap_err().contains("-1"));
         assert!(parse_interval("1h").unwrap_err().contains("1h"));
         assert!(parse_interval("301s").unwrap_err().contains("301s"));
+        assert_eq!(parse_interval("100ms").unwrap(), Duration::from_millis(100));
+        let e = parse_interval("99ms").unwrap_err();
+        assert!(e.contains("99ms") && e.contains("100 ms"), "{e}");
+        assert!(parse_interval("0.00001").unwrap_err().contains("0.00001"));
     }
 
     #[test]

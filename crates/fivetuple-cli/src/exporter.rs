@@ -3,49 +3,44 @@
 //! counters at scrape time (one collector per file under `exporter/`).
 //!
 //! All reading happens on one scrape thread that lives in the watched
-//! namespace (namespace membership is per thread, DESIGN §5). The HTTP side
-//! hands it scrape jobs over a bounded queue: scrapes run one at a time,
-//! [`QUEUE`] more may wait, and further ones get 503 at once, so slow
-//! scrapes cannot pile up work. A job whose client has gone away is skipped.
+//! namespace (namespace membership is per thread, DESIGN §5) and follows it
+//! when it is re-created or gone ([`fivetuple_scan::netns::Follower`]).
+//! Concurrent scrapes share one scan ([`flight`]); the HTTP side
+//! ([`server`]) bounds connections so idle or slow clients cannot starve a
+//! scraper, and adds TLS and basic auth from `--web.config.file`
+//! ([`web_config`]).
 
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::table_args::TableArgs;
 use anyhow::{Context, Result};
 use fivetuple_scan::netns;
 use fivetuple_scan::settings::{read_counters, read_settings};
 use fivetuple_scan::Reader;
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::body::Bytes;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, oneshot, Semaphore};
 
 mod counters;
 mod destinations;
+mod flight;
 mod scrape;
+mod server;
 mod settings;
+mod web_config;
 
 /// Default listen address: loopback, port 19299. The Prometheus exporter
 /// port block 9100-9999 is fully allocated; 19299 is outside it, below every
 /// OS ephemeral range (Linux 32768-60999, Windows/macOS 49152-65535), so the
 /// exporter never takes a source port from the destinations it watches.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:19299";
-/// Scrapes that may wait while one runs; more get 503.
-pub const QUEUE: usize = 4;
-/// Concurrent HTTP connections; more are closed at once.
-const MAX_CONNECTIONS: usize = 64;
 
 /// `Content-Type` of OpenMetrics text 1.0.0, what `prometheus_client::encoding::text` emits.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -60,6 +55,9 @@ pub struct Args {
     /// Destinations with their own series, highest utilization first; the rest are summed into "other".
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = parse_top_k)]
     top_k: usize,
+    /// TLS and basic auth, in the Prometheus exporter-toolkit format (docs/exporter.md).
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    web_config_file: Option<PathBuf>,
     #[command(flatten)]
     table: TableArgs,
 }
@@ -86,7 +84,7 @@ fn parse_top_k(s: &str) -> Result<usize, String> {
 }
 
 /// What a scraper gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
     /// OpenMetrics text 1.0.0.
     OpenMetrics,
@@ -197,9 +195,23 @@ pub fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> s
     ConstCounter::new(v).encode(m)
 }
 
+/// Encodes one labelled counter family.
+pub fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, u64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 /// Builds the registry: settings, destinations, counters, then self.
 /// Everything registered reads the namespace of the thread that encodes it.
-pub fn registry(reader: Reader, top_k: usize, rejected: Arc<AtomicU64>) -> Registry {
+pub fn registry(reader: Reader, top_k: usize, stats: Arc<server::Stats>) -> Registry {
     let log = Arc::new(RunLog::default());
     let mut r = Registry::default();
     r.register_collector(Box::new(settings::SettingsCollector::new(
@@ -215,7 +227,7 @@ pub fn registry(reader: Reader, top_k: usize, rejected: Arc<AtomicU64>) -> Regis
         read_counters,
         log.clone(),
     )));
-    r.register_collector(Box::new(scrape::SelfCollector::new(log, rejected)));
+    r.register_collector(Box::new(scrape::SelfCollector::new(log, stats)));
     r
 }
 
@@ -229,178 +241,170 @@ pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::E
     Ok(body)
 }
 
-struct Job {
-    format: Format,
-    reply: oneshot::Sender<Result<String, std::fmt::Error>>,
-}
-
-/// The scrape thread's loop: one job at a time until the server goes away.
-fn serve_jobs(mut jobs: mpsc::Receiver<Job>, registry: Registry) {
-    while let Some(job) = jobs.blocking_recv() {
-        if job.reply.is_closed() {
-            continue;
-        }
-        let _ = job.reply.send(encode(&registry, job.format));
+/// The scrape thread: enters the watched namespace, then answers flights
+/// one at a time until the server goes away. Before each scan it checks that
+/// the target still names the namespace it is in: a re-created `--netns`
+/// name is re-entered (with a fresh registry, so no rate spans two
+/// namespaces); a deleted name or an exited `--pid` makes every collector
+/// report failure until the target is back.
+fn scrape_loop(
+    mut follower: netns::Follower,
+    runway: flight::Runway,
+    reader: Reader,
+    top_k: usize,
+    stats: Arc<server::Stats>,
+) {
+    let mut registry = registry(reader, top_k, stats.clone());
+    let mut gone = false;
+    while let Some(job) = runway.next() {
+        let body = match follower.check() {
+            Ok(followed) => {
+                if let netns::Followed::Reentered { from, to } = followed {
+                    eprintln!(
+                        "fivetuple exporter: the {} network namespace is now {to} (was {from}); watching the new one, rates start over",
+                        follower.target()
+                    );
+                    registry = self::registry(reader, top_k, stats.clone());
+                } else if gone {
+                    eprintln!(
+                        "fivetuple exporter: the {} network namespace is back ({}); collectors read it again",
+                        follower.target(),
+                        follower.id().map(|i| i.to_string()).unwrap_or_default()
+                    );
+                }
+                gone = false;
+                encode(&registry, job.format())
+            }
+            Err(e) => {
+                if !gone {
+                    eprintln!(
+                        "fivetuple exporter: {:#}; every collector reports fivetuple_scrape_collector_success 0 until it is back",
+                        anyhow::Error::new(e)
+                    );
+                }
+                gone = true;
+                encode(&target_gone(stats.clone()), job.format())
+            }
+        };
+        job.finish(body.map(Bytes::from).map_err(|e| e.to_string()));
     }
 }
 
-struct Server {
-    jobs: mpsc::Sender<Job>,
-    rejected: Arc<AtomicU64>,
-}
-
-type Resp = Response<Full<Bytes>>;
-
-fn plain(status: StatusCode, body: &str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+/// The registry served while the target is gone: only the `self` collector,
+/// with every reading collector marked failed.
+fn target_gone(stats: Arc<server::Stats>) -> Registry {
+    let log = Arc::new(RunLog::default());
+    let now = Instant::now();
+    for name in COLLECTORS {
+        log.push(name, false, now);
+    }
+    let mut r = Registry::default();
+    r.register_collector(Box::new(scrape::SelfCollector::new(log, stats)));
     r
 }
 
-fn not_allowed() -> Resp {
-    let mut r = plain(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed: use GET\n",
-    );
-    r.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-    r
-}
+/// The collectors that read the namespace, in registry order.
+const COLLECTORS: [&str; 3] = ["settings", "destinations", "counters"];
 
-const INDEX: &str = "<html><head><title>fivetuple exporter</title></head><body><h1>fivetuple exporter</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
+/// Accept queue length. std's 128 fills within a tick when hundreds of
+/// hostile connects arrive at once; connects beyond it wait for a SYN
+/// retransmit (1 s and more), which would make a scraper late even though
+/// the server would give it a slot at once.
+const BACKLOG: i32 = 1024;
 
-async fn handle(req: Request<Incoming>, server: Arc<Server>) -> Result<Resp, Infallible> {
-    let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    Ok(match req.uri().path() {
-        "/metrics" if !get => not_allowed(),
-        "/metrics" => {
-            let format = negotiate(req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
-            let (tx, rx) = oneshot::channel();
-            match server.jobs.try_send(Job { format, reply: tx }) {
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    server.rejected.fetch_add(1, Ordering::Relaxed);
-                    let mut r = plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too many scrapes in progress; retry later\n",
-                    );
-                    r.headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                    r
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the scrape thread has stopped\n",
-                ),
-                Ok(()) => match rx.await {
-                    Ok(Ok(body)) => {
-                        let mut r = Response::new(Full::new(Bytes::from(body)));
-                        r.headers_mut().insert(
-                            CONTENT_TYPE,
-                            HeaderValue::from_static(format.content_type()),
-                        );
-                        r
-                    }
-                    _ => plain(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "encoding the metrics failed\n",
-                    ),
-                },
-            }
-        }
-        "/" if !get => not_allowed(),
-        "/" => {
-            let mut r = plain(StatusCode::OK, INDEX);
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            r
-        }
-        _ => plain(
-            StatusCode::NOT_FOUND,
-            "not found: metrics are at /metrics\n",
-        ),
-    })
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std does: a restarted exporter can bind while old connections linger in TIME_WAIT.
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 /// Runs the exporter until SIGINT or SIGTERM; returns the exit code (0).
 pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     let target = args.table.target();
     let reader = args.table.reader();
-    // Enter the namespace once now so a bad --netns/--pid or missing privilege fails at start.
-    netns::run_in(&target, read_settings)
-        .and_then(|r| r)
-        .with_context(|| format!("cannot read the {} network namespace", target))?;
+    let web = match &args.web_config_file {
+        Some(f) => web_config::WebConfig::load(f)?,
+        None => web_config::WebConfig {
+            tls: None,
+            auth: None,
+            client_auth: web_config::ClientAuth::None,
+        },
+    };
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let auth_note = match (&web.auth, web.client_auth) {
+        (Some(_), web_config::ClientAuth::RequireAndVerify) => ", basic auth, client certificates",
+        (Some(_), _) => ", basic auth",
+        (None, web_config::ClientAuth::RequireAndVerify) => ", client certificates",
+        (None, _) => "",
+    };
 
-    let listener = std::net::TcpListener::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    listener.set_nonblocking(true)?;
+    let listener =
+        listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
 
-    let rejected = Arc::new(AtomicU64::new(0));
-    let (tx, rx) = mpsc::channel::<Job>(QUEUE);
-    let (top_k, rej) = (args.top_k, rejected.clone());
-    let scrape_target = target.clone();
+    // The scrape thread enters the namespace first, so a bad --netns/--pid
+    // or a missing privilege fails here, before we say we are listening.
+    let stats = Arc::new(server::Stats::default());
+    let (flights, runway) = flight::flights();
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (top_k, thread_stats, thread_target) = (args.top_k, stats.clone(), target.clone());
     std::thread::Builder::new()
         .name("fivetuple-scrape".into())
         .spawn(move || {
-            let r = netns::run_in(&scrape_target, move || {
-                serve_jobs(rx, registry(reader, top_k, rej));
-            });
-            if let Err(e) = r {
-                eprintln!("fivetuple exporter: the scrape thread stopped: {e:#}");
+            let follower = match netns::Follower::enter(&thread_target) {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = entered_tx.send(Err(e));
+                    return;
+                }
+            };
+            // Read once now, so an unreadable namespace fails at start too.
+            if let Err(e) = read_settings() {
+                let _ = entered_tx.send(Err(e));
+                return;
             }
+            let _ = entered_tx.send(Ok(()));
+            scrape_loop(follower, runway, reader, top_k, thread_stats);
         })
         .context("cannot start the scrape thread")?;
+    entered_rx
+        .recv()
+        .context("the scrape thread stopped before it started")?
+        .with_context(|| format!("cannot read the {target} network namespace"))?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let server = Arc::new(Server { jobs: tx, rejected });
+    let server = Arc::new(server::Server::new(
+        flights,
+        stats,
+        web,
+        server::Limits::default(),
+    ));
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        // stdout closed or full: say so and exit 3, rather than serve with
+        // nobody told where, or exit 0 as a quiet broken pipe would.
         writeln!(
             out,
-            "fivetuple exporter: listening on http://{bound}/metrics ({} network namespace)",
-            target
-        )?;
-        out.flush()?;
-        let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+            "fivetuple exporter: listening on {scheme}://{bound}/metrics ({target} network namespace{auth_note})"
+        )
+        .and_then(|()| out.flush())
+        .map_err(|e| anyhow::anyhow!("the startup line was not written to stdout ({e}); not serving"))?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
-            let (stream, _) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // EMFILE and friends: back off rather than spin.
-                        eprintln!("fivetuple exporter: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-            };
-            let Ok(permit) = conns.clone().try_acquire_owned() else {
-                drop(stream);
-                continue;
-            };
-            let server = server.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| handle(req, server.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-                drop(permit);
-            });
-        }
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        server.serve(listener, stop).await;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(0)
@@ -475,7 +479,7 @@ mod tests {
         )));
         r.register_collector(Box::new(scrape::SelfCollector::new(
             log,
-            Arc::new(AtomicU64::new(2)),
+            Arc::new(server::Stats::default()),
         )));
         let text = encode(&r, Format::Text).unwrap();
         for line in [
@@ -485,7 +489,7 @@ mod tests {
             "fivetuple_ip_local_port_range_ports 100",
             "# TYPE fivetuple_tcp_active_opens_total counter",
             "fivetuple_tcp_active_opens_total 7",
-            "fivetuple_exporter_scrapes_rejected_total 2",
+            "fivetuple_exporter_connections_refused_total{reason=\"slots_full\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line || l == format!("{line}.0")),

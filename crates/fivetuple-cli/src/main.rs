@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         }
     };
     let stdout = io::stdout();
-    let mut out = stdout.lock();
+    let mut out = Stdout(stdout.lock());
     let result = match cli.command {
         Command::Doctor(args) => doctor::run(args, &mut out),
         Command::Repro(args) => repro::run(args, &mut out),
@@ -93,6 +93,25 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_UNKNOWN)
         }
     }
+}
+
+/// Stdout whose write errors say they are about stdout (`> /dev/full`
+/// gives "cannot write to stdout: No space left on device"). The error kind
+/// is kept, so a broken pipe still exits quietly.
+struct Stdout<W>(W);
+
+impl<W: Write> Write for Stdout<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(stdout_error)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().map_err(stdout_error)
+    }
+}
+
+fn stdout_error(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot write to stdout: {e}"))
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -4,10 +4,13 @@
 //! module parses the arguments, shows progress and prints the results.
 //!
 //! Exit codes: 0 when the experiment ran (whatever it found), 2 on a bad
-//! argument or when namespaces cannot be created, 3 on any other error.
+//! argument (`--chart` included, checked before anything starts) or when
+//! namespaces cannot be created, 3 on any other error, 130 (143) after
+//! Ctrl-C (SIGTERM), with the rows of the remedies that finished printed.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -21,7 +24,7 @@ pub const EXIT_USAGE: u8 = 2;
 /// is named in the message and exits 2.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Remedies to run, comma-separated: naive, auth, wide-range, tw-reuse, rotate, spread, pooled.
+    /// Remedies to run, comma-separated: naive, auth, wide-range, tw-reuse, rotate, spread, pooled; attach (root, BPF) only when named.
     #[arg(
         long,
         value_name = "LIST",
@@ -49,9 +52,12 @@ pub struct Args {
     /// loopback (both services on 127.0.0.1) or two-hosts (two namespaces joined by a veth on 198.18.0.0/15).
     #[arg(long, value_name = "TOPOLOGY", default_value = "loopback")]
     topology: String,
-    /// Kept-alive connections from the driver to A.
+    /// Kept-alive connections from the driver to A (they take ports of the box's range, so --ports must be at least this).
     #[arg(long, value_name = "N", default_value = "64")]
     connections: String,
+    /// Calls the driver keeps outstanding at once; calls due beyond this are not sent and count as failed (bounds memory at any --rate).
+    #[arg(long, value_name = "N", default_value = "4096")]
+    max_in_flight: String,
     /// Print the results as JSON (schema in docs/guide.md) instead of the table.
     #[arg(long)]
     json: bool,
@@ -99,34 +105,28 @@ fn resolve(args: &Args) -> Result<Config, LabError> {
             })
         }
     };
-    let connections: usize = number("--connections", &args.connections)?;
-    if !(1..=1024).contains(&connections) {
-        return Err(LabError::BadArgument {
-            flag: "--connections",
-            value: args.connections.clone(),
-            reason: "must be between 1 and 1024".into(),
-        });
-    }
-    c.driver_connections = connections;
+    c.set_connections(number("--connections", &args.connections)?)?;
+    c.set_max_in_flight(number("--max-in-flight", &args.max_in_flight)?)?;
+    c.check()?;
     if let Some(path) = &args.chart {
-        if path.as_os_str().is_empty() {
-            return Err(LabError::BadArgument {
-                flag: "--chart",
-                value: String::new(),
-                reason: "expected a file name".into(),
-            });
-        }
+        fivetuple_lab::chart::check_target(path)?;
     }
     Ok(c)
 }
 
-/// One progress line per remedy, on stderr (hidden when it is not a terminal).
+/// One progress bar per remedy on stderr; when stderr is not a terminal
+/// (a log file, CI), one plain line when each remedy starts and finishes.
 struct Progress {
     bar: Mutex<Option<ProgressBar>>,
+    plain: bool,
 }
 
 impl Observer for Progress {
     fn started(&self, remedy: Remedy, calls: u64) {
+        if self.plain {
+            eprintln!("fivetuple: repro: {remedy}: started, {calls} calls");
+            return;
+        }
         let bar = ProgressBar::with_draw_target(Some(calls), ProgressDrawTarget::stderr());
         bar.set_style(
             ProgressStyle::with_template("{prefix:>10} [{bar:24}] {pos:>6}/{len:<6} {msg}")
@@ -145,6 +145,13 @@ impl Observer for Progress {
     }
 
     fn finished(&self, r: &RemedyResult) {
+        if self.plain {
+            eprintln!(
+                "fivetuple: repro: {}: finished, ok {}  failed {}  peak TIME_WAIT {}  {}",
+                r.name, r.ok, r.failed, r.peak_time_wait, r.verdict_text
+            );
+            return;
+        }
         if let Some(bar) = self.bar.lock().expect("progress lock").take() {
             bar.set_position(r.calls);
             bar.finish_with_message(format!(
@@ -175,10 +182,25 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<u8> {
     };
     let progress = Arc::new(Progress {
         bar: Mutex::new(None),
+        plain: !std::io::stderr().is_terminal(),
     });
-    let report =
-        fivetuple_lab::run(&config, privilege, progress).context("running the experiment")?;
-    if let Some(path) = &args.chart {
+    let (stop, signal) = stop_on_signals()?;
+    let report = fivetuple_lab::run_until(&config, privilege, progress.clone(), stop)
+        .context("running the experiment")?;
+    if let Some(bar) = progress.bar.lock().expect("progress lock").take() {
+        bar.abandon_with_message("interrupted");
+    }
+    if let Some(i) = &report.interrupted {
+        let n = report.remedies.len();
+        eprintln!(
+            "fivetuple: repro: interrupted during {}; printing the {n} finished {}",
+            i.during,
+            if n == 1 { "remedy" } else { "remedies" }
+        );
+    }
+    // An interrupted run with no finished remedy has nothing to draw.
+    let chart = args.chart.as_ref().filter(|_| !report.remedies.is_empty());
+    if let Some(path) = chart {
         fivetuple_lab::chart::write_svg(&report, path)
             .with_context(|| format!("writing the chart to {}", path.display()))?;
     }
@@ -187,11 +209,35 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<u8> {
         writeln!(out)?;
     } else {
         out.write_all(fivetuple_lab::report::table(&report).as_bytes())?;
-        if let Some(path) = &args.chart {
+        if let Some(path) = chart {
             writeln!(out, "chart: {}", path.display())?;
         }
     }
+    if report.interrupted.is_some() {
+        return Ok(128 + signal.load(Ordering::Relaxed) as u8);
+    }
     Ok(0)
+}
+
+/// On SIGINT or SIGTERM, sets the returned flag (the lab stops the running
+/// remedy, tears its box down and returns the finished ones) and records
+/// the signal; a second one exits at once. Registered after
+/// [`fivetuple_lab::prepare`]: signal-hook starts no thread.
+fn stop_on_signals() -> Result<(Arc<AtomicBool>, Arc<AtomicUsize>)> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    let which = Arc::new(AtomicUsize::new(0));
+    for signal in [SIGINT, SIGTERM] {
+        let code = 128 + signal;
+        // Registered first, so the first signal finds the flag still false.
+        signal_hook::flag::register_conditional_shutdown(signal, code, stop.clone())
+            .context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register_usize(signal, which.clone(), signal as usize)
+            .context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register(signal, stop.clone())
+            .context("installing the Ctrl-C handler")?;
+    }
+    Ok((stop, which))
 }
 
 #[cfg(test)]
@@ -235,6 +281,13 @@ mod tests {
             (
                 &["--port-base", "65000", "--ports", "1000"][..],
                 "65000-65999",
+            ),
+            (&["--ports", "10"][..], "--connections 64"),
+            (&["--connections", "2000"][..], "\"2000\""),
+            (&["--max-in-flight", "0"][..], "--max-in-flight \"0\""),
+            (
+                &["--chart", "/nonexistent-dir/x.svg"][..],
+                "/nonexistent-dir",
             ),
         ] {
             let e = parse(args).unwrap_err().to_string();

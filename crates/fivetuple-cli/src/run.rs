@@ -1,7 +1,9 @@
 //! `fivetuple run --policy SPEC [--only DEST] [--stats] -- CMD [ARGS...]`:
 //! runs CMD in a transient cgroup v2 with the policy's connect hook
 //! attached, so CMD and its children get the policy whatever their language.
-//! Signals (INT, TERM, HUP, QUIT, USR1, USR2) are forwarded to CMD. On every
+//! Signals (INT, TERM, HUP, QUIT, USR1, USR2) sent to fivetuple are forwarded
+//! to CMD; those the terminal sends (Ctrl-C) reach CMD directly, as it stays
+//! in the foreground process group, and are not sent twice. On every
 //! way out (CMD exits, is killed, fivetuple is interrupted or panics) the
 //! programs are detached and the cgroup is emptied and removed.
 //!
@@ -18,19 +20,18 @@ use anyhow::Result;
 use clap::Parser;
 use fivetuple_bpf::cgroup::{self, Transient};
 use fivetuple_bpf::policy;
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::iterator::SignalsInfo;
+use signal_hook::low_level::siginfo::Cause;
 use std::os::fd::AsRawFd;
 
-use crate::attach::{prepare, refuse};
+use crate::attach::{prepare, refuse, PolicyArgs};
 
 /// Arguments of `fivetuple run`.
 #[derive(Debug, Parser)]
 pub struct Args {
-    /// Policy spec, as the library's: kernel, rotate[:LO-HI], spread:A-B, spread-rotate:A-B@LO-HI, window:LO-HI.
-    #[arg(long, value_name = "SPEC")]
-    pub policy: String,
-    /// Apply only to connects to DEST[/PREFIX][:PORT] (e.g. 127.0.0.1:8080, 10.0.0.0/8, [::1]:443).
-    #[arg(long, value_name = "DEST")]
-    pub only: Option<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Print the policy's counters to stderr when CMD exits.
     #[arg(long)]
     pub stats: bool,
@@ -53,13 +54,13 @@ const FORWARDED: [i32; 6] = [
 
 /// Runs `fivetuple run`; returns CMD's exit code.
 pub fn run(args: Args, _out: &mut impl Write) -> Result<u8> {
-    let (policy, only) = match prepare(&args.policy, args.only.as_deref(), None) {
+    let (policy, only) = match prepare(&args.policy, None) {
         Ok(p) => p,
         Err(e) => return Ok(refuse("run", &e)),
     };
     // Handlers first, so a signal between here and the spawn is not lost: it
     // is forwarded once the child exists, or ends the run before it starts.
-    let mut signals = signal_hook::iterator::Signals::new(FORWARDED)?;
+    let mut signals = SignalsInfo::<WithOrigin>::new(FORWARDED)?;
     let mut loaded = match policy::load(&policy, only.as_ref()) {
         Ok(l) => l,
         Err(e) => return Ok(refuse("run", &e)),
@@ -108,10 +109,16 @@ pub fn run(args: Args, _out: &mut impl Write) -> Result<u8> {
     let pid = child.id() as i32;
     let handle = signals.handle();
     let forwarder = std::thread::spawn(move || {
-        for sig in signals.forever() {
+        for origin in signals.forever() {
+            // A signal the kernel sent (Ctrl-C, Ctrl-\, a hangup) went to the
+            // terminal's whole foreground process group, CMD included:
+            // forwarding it would deliver it twice.
+            if origin.cause == Cause::Kernel {
+                continue;
+            }
             // SAFETY: kill(2) on our own child's pid, which stays reserved
             // (unreaped) until the main thread's wait returns.
-            unsafe { libc::kill(pid, sig) };
+            unsafe { libc::kill(pid, origin.signal) };
         }
     });
     let status = child.wait()?;

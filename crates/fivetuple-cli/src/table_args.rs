@@ -1,6 +1,9 @@
 //! The arguments `doctor`, `exporter` and `top` share: which network
-//! namespace's socket table to read, and with which reader.
+//! namespace's socket table to read, and with which reader; and the
+//! thresholds `doctor` and `top` judge a destination by.
 
+use anyhow::{bail, Result};
+use fivetuple_scan::model::Thresholds;
 use fivetuple_scan::netns::Target;
 use fivetuple_scan::Reader;
 
@@ -36,5 +39,129 @@ impl TableArgs {
             "proc" => Reader::Proc,
             _ => Reader::Auto,
         }
+    }
+}
+
+/// Raw threshold arguments, as typed; flattened into `doctor` and `top`.
+/// A destination is as bad as the worse of its utilization and its time to
+/// exhaustion (`fivetuple_scan::model::Thresholds`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThresholdArgs {
+    /// Warning threshold, percent of usable ports toward one destination.
+    #[arg(long, value_name = "PCT", default_value = "50", value_parser = parse_percent)]
+    pub warn: f64,
+    /// Critical threshold, percent of usable ports toward one destination.
+    #[arg(long, value_name = "PCT", default_value = "90", value_parser = parse_percent)]
+    pub crit: f64,
+    /// Warning when a destination runs out of ports in less than this at the current rate ("600", "90s", "10m").
+    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_seconds)]
+    pub warn_seconds: f64,
+    /// Critical when a destination runs out of ports in less than this at the current rate.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub crit_seconds: f64,
+}
+
+impl ThresholdArgs {
+    /// The thresholds, once the pairs are in order.
+    pub fn thresholds(&self) -> Result<Thresholds> {
+        if self.warn >= self.crit {
+            bail!("--warn {} must be below --crit {}", self.warn, self.crit);
+        }
+        if self.crit_seconds >= self.warn_seconds {
+            bail!(
+                "--crit-seconds {} must be below --warn-seconds {}: less time left is worse",
+                self.crit_seconds,
+                self.warn_seconds
+            );
+        }
+        Ok(Thresholds {
+            warn_pct: self.warn,
+            crit_pct: self.crit,
+            warn_seconds: self.warn_seconds,
+            crit_seconds: self.crit_seconds,
+        })
+    }
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage"))?;
+    if !(v > 0.0 && v <= 100.0) {
+        return Err(format!(
+            "{s} is out of range: a percentage must be above 0 and at most 100"
+        ));
+    }
+    Ok(v)
+}
+
+/// A time to exhaustion threshold: seconds ("600", "90s") or minutes ("10m"), above 0.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let bad = || format!("{s:?} is not a number of seconds (examples: 600, 90s, 10m)");
+    let (num, scale) = if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !v.is_finite() {
+        return Err(bad());
+    }
+    if v <= 0.0 {
+        return Err(format!("{s} is out of range: must be above 0 seconds"));
+    }
+    Ok(v * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_bounds() {
+        assert_eq!(parse_percent("50").unwrap(), 50.0);
+        assert_eq!(parse_percent("90%").unwrap(), 90.0);
+        assert!(parse_percent("0").unwrap_err().contains('0'));
+        assert!(parse_percent("101").unwrap_err().contains("101"));
+        assert!(parse_percent("NaN").is_err());
+        assert!(parse_percent("abc").unwrap_err().contains("abc"));
+    }
+
+    #[test]
+    fn seconds_thresholds() {
+        assert_eq!(parse_seconds("600").unwrap(), 600.0);
+        assert_eq!(parse_seconds("90s").unwrap(), 90.0);
+        assert_eq!(parse_seconds("10m").unwrap(), 600.0);
+        assert!(parse_seconds("0").unwrap_err().contains('0'));
+        assert!(parse_seconds("-5").unwrap_err().contains("-5"));
+        assert!(parse_seconds("soon").unwrap_err().contains("soon"));
+        assert!(parse_seconds("inf").is_err());
+    }
+
+    #[test]
+    fn pairs_must_be_in_order() {
+        let t = |warn, crit, ws, cs| ThresholdArgs {
+            warn,
+            crit,
+            warn_seconds: ws,
+            crit_seconds: cs,
+        };
+        assert_eq!(
+            t(50.0, 90.0, 600.0, 60.0).thresholds().unwrap(),
+            Thresholds::default()
+        );
+        let e = t(90.0, 80.0, 600.0, 60.0)
+            .thresholds()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("90") && e.contains("80"), "{e}");
+        let e = t(50.0, 90.0, 30.0, 60.0)
+            .thresholds()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("30") && e.contains("60"), "{e}");
     }
 }

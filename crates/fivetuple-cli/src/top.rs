@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::table_args::TableArgs;
+use crate::table_args::{TableArgs, ThresholdArgs};
 use anyhow::{Context, Result};
 use fivetuple_scan::model::{Analysis, Destination, Severity, Thresholds};
 use fivetuple_scan::netns::{self, Target};
@@ -32,6 +32,8 @@ const BAR: usize = 20;
 pub struct Args {
     #[command(flatten)]
     table: TableArgs,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
 }
 
 /// How the destinations are ordered.
@@ -68,6 +70,7 @@ struct Scan {
 
 /// Runs `top` until `q`; returns the exit code.
 pub fn run(args: Args) -> Result<u8> {
+    let thresholds = args.thresholds.thresholds()?;
     let target = args.table.target();
     netns::open(&target)?;
     if !std::io::stdout().is_terminal() {
@@ -84,7 +87,7 @@ pub fn run(args: Args) -> Result<u8> {
         .name("fivetuple-top-scan".into())
         .spawn(move || {
             let errors = tx.clone();
-            let r = netns::run_in(&scan_target, move || scan_loop(reader, tx));
+            let r = netns::run_in(&scan_target, move || scan_loop(reader, thresholds, tx));
             if let Err(e) = r {
                 let _ = errors.send(Err(format!("{:#}", anyhow::Error::from(e))));
             }
@@ -98,14 +101,14 @@ pub fn run(args: Args) -> Result<u8> {
 }
 
 /// Scans once per [`REFRESH`] until the UI goes away.
-fn scan_loop(reader: Reader, tx: mpsc::SyncSender<Result<Scan, String>>) {
+fn scan_loop(reader: Reader, thresholds: Thresholds, tx: mpsc::SyncSender<Result<Scan, String>>) {
     let mut history = History::new(REFRESH.mul_f32(0.9));
     loop {
         let started = Instant::now();
         let scan = fivetuple_scan::snapshot(reader)
             .map(|snap| {
                 let settings = snap.settings.clone();
-                let analysis = history.analyze(snap, Instant::now(), Thresholds::default());
+                let analysis = history.analyze(snap, Instant::now(), thresholds);
                 Scan { analysis, settings }
             })
             .map_err(|e| format!("{:#}", anyhow::Error::from(e)));

@@ -79,7 +79,7 @@ fn start_exporter(args: &[&str], tweak: impl FnOnce(&mut Command)) -> (Reaper, S
         panic!("the exporter printed no address; stderr:\n{err}");
     }
     let addr = line
-        .split("http://")
+        .split("://")
         .nth(1)
         .and_then(|s| s.split('/').next())
         .and_then(|s| s.parse().ok())
@@ -335,29 +335,26 @@ fn netns_root_http_codes_formats_and_concurrent_scrapes() {
             .body
             .contains("# TYPE fivetuple_tcp_active_opens counter"));
 
-        // 12 scrapers at once: each gets a full scrape or a quick 503, never a broken one.
+        // 12 scrapers at once: every one gets a full scrape (shared scans, no 503).
         let replies: Vec<Reply> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..12)
                 .map(|_| s.spawn(move || get(addr, "/metrics")))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let ok = replies.iter().filter(|r| r.status == 200).count();
-        assert!(replies.iter().all(|r| r.status == 200 || r.status == 503));
-        // The queue (4) is empty when the burst starts, so at least 4 are
-        // served; a fifth only if the worker took a job off the queue before
-        // the burst filled it, which is a race, not a guarantee.
-        assert!(ok >= 4, "a queue of 4 always succeeds; got {ok}");
-        for r in replies.iter().filter(|r| r.status == 200) {
+        for r in &replies {
+            assert_eq!(r.status, 200, "{}", r.body);
             assert!(r
                 .body
                 .contains("fivetuple_scrape_collector_success{collector=\"destinations\"} 1"));
         }
-        let rejected = 12 - ok;
         let after = get(addr, "/metrics");
         assert_eq!(
-            sample(&after.body, "fivetuple_exporter_scrapes_rejected_total"),
-            Some(rejected as f64)
+            sample(
+                &after.body,
+                "fivetuple_exporter_connections_refused_total{reason=\"slots_full\"}"
+            ),
+            Some(0.0)
         );
     });
 }
@@ -475,4 +472,359 @@ fn bad_arguments_exit_3_naming_the_value() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains(&format!("cannot listen on {a}")), "{err}");
+}
+
+use fivetuple_testkit::hostile;
+
+/// The value of `name{reason="..."}` in a scrape.
+fn refused(body: &str, reason: &str) -> f64 {
+    sample(
+        body,
+        &format!("fivetuple_exporter_connections_refused_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or_else(|| panic!("no refused{{reason={reason}}} in:\n{body}"))
+}
+
+#[test]
+fn netns_root_hostile_clients_cannot_starve_a_scraper() {
+    let test = "netns_root_hostile_clients_cannot_starve_a_scraper";
+    if !have_root(test) {
+        return;
+    }
+    fivetuple_testkit::raise_fd_limit();
+    in_fresh_netns(|| {
+        sysctl("tcp_tw_reuse", "0");
+        // A 10k-socket table: TIME_WAITs toward :8080.
+        let l = TcpListener::bind("127.0.0.1:8080").unwrap();
+        fivetuple_testkit::make_time_wait(&l, 10_000);
+        let (_e, addr) = start_exporter(&[], |_| {});
+        let timeout = Duration::from_secs(10);
+
+        // Phase 1: 64 idle (from 127.0.0.2) and 300 slowloris connections
+        // (from 127.0.0.1, the scraper's own address) held open and reopened
+        // whenever the exporter closes them.
+        let attack = hostile::hold_open(
+            addr,
+            [127, 0, 0, 2],
+            64,
+            [127, 0, 0, 1],
+            300,
+            Duration::from_millis(500),
+            Duration::from_secs(120),
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let held = attack.open();
+        let results = hostile::scrape_every(
+            addr,
+            [127, 0, 0, 1],
+            "/metrics",
+            "",
+            Duration::from_secs(1),
+            12,
+            timeout,
+        );
+        let report = attack.finish();
+        let times: Vec<Duration> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        // The issue asks for 95% within 1 s (the benchmark measures exactly
+        // that, in release); a loaded CI machine and a debug build get margin.
+        let quick = times
+            .iter()
+            .filter(|t| **t < Duration::from_secs(3))
+            .count();
+        assert!(
+            quick * 100 >= 90 * results.len(),
+            "{quick} of {} scrapes answered within 3 s under attack: {results:?}",
+            results.len()
+        );
+        assert!(held >= 300, "the attack held only {held} connections open");
+        assert!(
+            report.closed_by_server > 0,
+            "the exporter never closed an attacking connection: {report:?}"
+        );
+        let m = get(addr, "/metrics");
+        assert!(refused(&m.body, "evicted_idle") > 0.0, "{}", m.body);
+        assert!(
+            sample(&m.body, "fivetuple_time_wait_sockets").unwrap() >= 10_000.0,
+            "the table is not 10k sockets"
+        );
+
+        // Phase 2: 8 scrapers flooding back to back, and a ninth at 1/s.
+        let until = Instant::now() + Duration::from_secs(10);
+        let flooders = hostile::flood(addr, [127, 0, 0, 3], 8, "/metrics", until);
+        std::thread::sleep(Duration::from_millis(500));
+        let ninth = hostile::scrape_every(
+            addr,
+            [127, 0, 0, 4],
+            "/metrics",
+            "",
+            Duration::from_secs(1),
+            8,
+            timeout,
+        );
+        let (mut ok, mut other) = (0, 0);
+        for f in flooders {
+            let (o, x) = f.join().unwrap();
+            ok += o;
+            other += x;
+        }
+        assert!(
+            ninth.iter().all(Result::is_ok),
+            "the ninth scraper: {ninth:?}"
+        );
+        assert_eq!(
+            other, 0,
+            "flooders got answers other than 200 ({ok} were 200)"
+        );
+        assert!(ok > 8, "the flooders were answered {ok} times");
+        let m = get(addr, "/metrics");
+        let shared = sample(&m.body, "fivetuple_exporter_scrapes_shared_total").unwrap();
+        assert!(shared > 0.0, "no scan was shared:\n{}", m.body);
+    });
+}
+
+/// A CA, a server certificate for 127.0.0.1 it signed, a client certificate
+/// it signed, and a self-signed client certificate no CA vouches for, as PEM
+/// files in `dir`; and a web config (`web.yml`) requiring a verified client
+/// certificate and basic auth for user `prom`, password `s3cret`.
+fn make_pki(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "fivetuple test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    let leaf = |names: Vec<String>, eku, file: &str, signed: bool| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![eku];
+        let key = KeyPair::generate().unwrap();
+        let cert = if signed {
+            p.signed_by(&key, &ca).unwrap()
+        } else {
+            p.self_signed(&key).unwrap()
+        };
+        std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    };
+    leaf(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        "server",
+        true,
+    );
+    leaf(
+        vec!["prometheus".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "client",
+        true,
+    );
+    leaf(
+        vec!["intruder".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "rogue",
+        false,
+    );
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(
+        dir.join("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\nbasic_auth_users:\n  prom: '{hash}'\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// curl with `args` against `url`; (exit code, headers and body).
+fn curl(dir: &Path, args: &[&str], url: &str) -> (i32, String) {
+    let out = Command::new("curl")
+        .current_dir(dir)
+        .args(["-sS", "-i", "--max-time", "20", "--cacert", "ca.crt"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn tls_mutual_auth_and_basic_auth_with_curl() {
+    let test = "tls_mutual_auth_and_basic_auth_with_curl";
+    if !have_tool(test, "curl", "curl") {
+        return;
+    }
+    let dir = TempDir::new("exporter-tls");
+    make_pki(&dir.0);
+    let web = dir.0.join("web.yml");
+    let (_e, addr) = start_exporter(&["--web.config.file", web.to_str().unwrap()], |_| {});
+    let url = format!("https://{addr}/metrics");
+    let me = ["--cert", "client.crt", "--key", "client.key"];
+    let creds = [&me[..], &["-u", "prom:s3cret"]].concat();
+
+    let (code, out) = curl(&dir.0, &creds, &url);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("fivetuple_scrape_collector_success{collector=\"destinations\"} 1"),
+        "{out}"
+    );
+
+    // A verified certificate is not enough: basic auth is required too.
+    let (code, out) = curl(&dir.0, &me, &url);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"fivetuple exporter\""),
+        "{out}"
+    );
+    let wrong = [&me[..], &["-u", "prom:S3cret"]].concat();
+    let (code, out) = curl(&dir.0, &wrong, &url);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    let nobody = [&me[..], &["-u", "root:s3cret"]].concat();
+    let (_, out) = curl(&dir.0, &nobody, &url);
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+
+    // Right password, but no client certificate, or one no CA signed: no TLS session at all.
+    let (code, out) = curl(&dir.0, &["-u", "prom:s3cret"], &url);
+    assert_ne!(code, 0, "served without a client certificate: {out}");
+    assert!(!out.contains("HTTP/1.1"), "{out}");
+    let rogue = [
+        "--cert",
+        "rogue.crt",
+        "--key",
+        "rogue.key",
+        "-u",
+        "prom:s3cret",
+    ];
+    let (code, out) = curl(&dir.0, &rogue, &url);
+    assert_ne!(code, 0, "served a self-signed client certificate: {out}");
+    assert!(!out.contains("HTTP/1.1"), "{out}");
+    // Plain HTTP to the TLS port gets no metrics either.
+    let (_, out) = curl(&dir.0, &[], &format!("http://{addr}/metrics"));
+    assert!(!out.contains("fivetuple_"), "{out}");
+
+    let (_, out) = curl(&dir.0, &creds, &url);
+    assert!(
+        sample(&out, "fivetuple_exporter_requests_unauthorized_total") == Some(3.0),
+        "{out}"
+    );
+    assert!(refused(&out, "tls_failed") >= 3.0, "{out}");
+}
+
+#[test]
+fn bad_web_config_exits_3_naming_the_field() {
+    let dir = TempDir::new("exporter-badweb");
+    let f = dir.0.join("web.yml");
+    for (yaml, wanted) in [
+        (
+            "tls_server_config:\n  key_file: x.key\n",
+            "tls_server_config.cert_file: is missing",
+        ),
+        (
+            "basic_auth_users:\n  prom: plaintext\n",
+            "basic_auth_users.prom: is not a bcrypt hash",
+        ),
+        ("tls_server_confg: {}\n", "unknown field `tls_server_confg`"),
+    ] {
+        std::fs::write(&f, yaml).unwrap();
+        let out = Command::new(BIN)
+            .args(["exporter", "--listen", "127.0.0.1:0", "--web.config.file"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{yaml:?}: {err}");
+        assert!(err.contains(wanted), "{yaml:?}: {err}");
+        assert!(out.stdout.is_empty(), "said it listens: {:?}", out.stdout);
+    }
+    let out = Command::new(BIN)
+        .args(["exporter", "--web.config.file", "/nonexistent/web.yml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("/nonexistent/web.yml: cannot read it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn netns_root_prometheus_scrapes_over_tls_with_basic_auth() {
+    let test = "netns_root_prometheus_scrapes_over_tls_with_basic_auth";
+    if !have_root(test) || !have_tool(test, "prometheus", "prometheus") {
+        return;
+    }
+    let dir = TempDir::new("exporter-prom-tls");
+    make_pki(&dir.0);
+    in_fresh_netns(|| {
+        let web = dir.0.join("web.yml");
+        let (_e, exp) = start_exporter(&["--web.config.file", web.to_str().unwrap()], |_| {});
+        let d = dir.0.display();
+        let config = dir.0.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fivetuple\n    scheme: https\n    tls_config:\n      ca_file: {d}/ca.crt\n      cert_file: {d}/client.crt\n      key_file: {d}/client.key\n    basic_auth:\n      username: prom\n      password: s3cret\n    static_configs:\n      - targets: ['{exp}']\n  - job_name: nopassword\n    scheme: https\n    tls_config:\n      ca_file: {d}/ca.crt\n      cert_file: {d}/client.crt\n      key_file: {d}/client.key\n    static_configs:\n      - targets: ['{exp}']\n"
+            ),
+        )
+        .unwrap();
+        let prom_addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
+        let _prom = Reaper(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.0.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={prom_addr}"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("run prometheus"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let (mut ok, mut up_nopw) = (Vec::new(), Vec::new());
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            if TcpStream::connect(prom_addr).is_err() {
+                continue;
+            }
+            ok = query(
+                prom_addr,
+                "fivetuple_scrape_collector_success{job=\"fivetuple\",collector=\"destinations\"}",
+            );
+            up_nopw = query(prom_addr, "up{job=\"nopassword\"}");
+            if !ok.is_empty() && !up_nopw.is_empty() {
+                break;
+            }
+        }
+        let log = std::fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+        assert_eq!(
+            ok.len(),
+            1,
+            "no scrape over TLS within 40 s; prometheus log:\n{log}"
+        );
+        assert_eq!(value_of(&ok[0]), 1.0);
+        let up = query(prom_addr, "up{job=\"fivetuple\"}");
+        assert_eq!(value_of(&up[0]), 1.0);
+        // The same client certificate without the password is turned away.
+        assert_eq!(up_nopw.len(), 1, "{log}");
+        assert_eq!(value_of(&up_nopw[0]), 0.0, "scraped without basic auth");
+    });
 }

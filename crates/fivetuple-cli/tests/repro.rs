@@ -3,8 +3,10 @@
 //! namespaces need root (`netns_root_...`): without it they print a skip line
 //! and return, except under CI=true, where they must run.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -42,6 +44,17 @@ fn bad_arguments_exit_2_naming_the_value() {
         (&["--tw-reuse", "7"][..], "\"7\""),
         (&["--timestamps", "maybe"][..], "\"maybe\""),
         (&["--frobnicate"][..], "--frobnicate"),
+        // The driver's 64 kept-alive connections need 64 ports of the range.
+        (
+            &["--ports", "10"][..],
+            "--ports \"10\": smaller than --connections 64",
+        ),
+        (&["--max-in-flight", "0"][..], "--max-in-flight \"0\""),
+        (
+            &["--chart", "/nonexistent-dir/x.svg"][..],
+            "/nonexistent-dir",
+        ),
+        (&["--chart", "/"][..], "is a directory"),
     ] {
         let mut argv = vec!["repro"];
         argv.extend_from_slice(args);
@@ -56,15 +69,15 @@ fn bad_arguments_exit_2_naming_the_value() {
     }
 }
 
-/// Inside a child user namespace whose `user.max_user_namespaces` is 0, a
-/// process without capabilities can create neither kind of namespace: the
-/// command must exit 2 and name the setting. Needs util-linux (`unshare`,
-/// `setpriv`) and unprivileged user namespaces on the host.
-#[test]
-fn without_namespaces_exits_2_naming_what_is_missing() {
+/// Runs `fivetuple repro ARGS` inside a child user namespace whose
+/// `user.max_user_namespaces` is 0, without capabilities: there it can
+/// create neither kind of namespace. `None` (skipped, except in CI) when
+/// that cannot be set up. Needs util-linux (`unshare`, `setpriv`) and
+/// unprivileged user namespaces on the host.
+fn repro_without_namespaces(test: &str, args: &str) -> Option<(Output, String)> {
     let script = format!(
         "echo 0 > /proc/sys/user/max_user_namespaces || exit 99; \
-         exec setpriv --bounding-set=-all --inh-caps=-all --ambient-caps=-all {} repro --only naive --duration 1s",
+         exec setpriv --bounding-set=-all --inh-caps=-all --ambient-caps=-all {} repro {args}",
         env!("CARGO_BIN_EXE_fivetuple")
     );
     let out = Command::new("unshare")
@@ -77,16 +90,311 @@ fn without_namespaces_exits_2_naming_what_is_missing() {
     if !stderr.contains("fivetuple:") {
         let why = format!("cannot set up a user namespace without namespace support: {out:?}");
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-        eprintln!("skipping without_namespaces_exits_2_naming_what_is_missing: {why}");
-        return;
+        eprintln!("skipping {test}: {why}");
+        return None;
     }
-    let out = out.unwrap();
+    Some((out.unwrap(), stderr))
+}
+
+#[test]
+fn without_namespaces_exits_2_naming_what_is_missing() {
+    let Some((out, stderr)) = repro_without_namespaces(
+        "without_namespaces_exits_2_naming_what_is_missing",
+        "--only naive --duration 1s",
+    ) else {
+        return;
+    };
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("CAP_SYS_ADMIN") && stderr.contains("user.max_user_namespaces=0"),
         "{stderr}"
     );
     assert!(out.stdout.is_empty());
+}
+
+/// A `--chart` that cannot be written is an argument error found before any
+/// namespace is attempted: where namespaces are unavailable, the message is
+/// about the chart, not about namespaces.
+#[test]
+fn bad_chart_is_reported_before_any_namespace_work() {
+    let Some((out, stderr)) = repro_without_namespaces(
+        "bad_chart_is_reported_before_any_namespace_work",
+        "--only naive --duration 1s --chart /nonexistent-dir/x.svg",
+    ) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--chart \"/nonexistent-dir/x.svg\"") && stderr.contains("No such file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("namespace"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+/// Peak resident memory of a child, from `wait4` (Linux reports KiB).
+fn wait_with_peak_rss(child: &mut Child) -> (std::process::ExitStatus, u64) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our unwaited child; status and usage are valid
+    // pointers for the duration of the call.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
+    (
+        std::process::ExitStatus::from_raw(status),
+        usage.ru_maxrss as u64 * 1024,
+    )
+}
+
+/// Resident memory of a running process, from `/proc/PID/status`.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// A million calls a second for 3 s (the rate the box cannot keep): memory
+/// stays bounded by the in-flight limit, every scheduled call is accounted
+/// for, calls beyond the limit are reported as shed, and "achieved" is no
+/// more than the calls that completed. A watchdog kills the child past
+/// 1 GiB so an unbounded driver cannot take the machine down.
+#[test]
+fn netns_root_huge_rate_stays_bounded_and_achieved_counts_completed_calls() {
+    if !is_root("netns_root_huge_rate_stays_bounded_and_achieved_counts_completed_calls") {
+        return;
+    }
+    const LIMIT: u64 = 1 << 30;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fivetuple"))
+        .args([
+            "repro",
+            "--only",
+            "pooled",
+            "--rate",
+            "1000000",
+            "--duration",
+            "3s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the fivetuple binary");
+    let pid = child.id();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let mut killed = false;
+        while done_rx.recv_timeout(Duration::from_millis(50)).is_err() {
+            if rss(pid).is_some_and(|r| r > LIMIT) && !killed {
+                // SAFETY: kill has no memory-safety preconditions; the pid
+                // is our child, not yet waited for.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                killed = true;
+            }
+        }
+        killed
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut json = Vec::new();
+    stdout.read_to_end(&mut json).unwrap();
+    let (status, peak) = wait_with_peak_rss(&mut child);
+    let _ = done_tx.send(());
+    let killed = watchdog.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    assert!(!killed, "resident memory passed 1 GiB");
+    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");
+    assert!(
+        peak < 256 << 20,
+        "peak RSS {} MiB: the driver's memory is not bounded by the calls in flight",
+        peak >> 20
+    );
+    let doc: Value = serde_json::from_slice(&json).expect("--json prints one JSON document");
+    let r = &doc["remedies"][0];
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k}: {r}"));
+    let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k}: {r}"));
+    assert_eq!(n("calls"), 3_000_000, "{r}");
+    assert_eq!(n("ok") + n("failed"), n("calls"), "{r}");
+    assert!(n("shed") > 0 && n("shed") <= n("failed"), "{r}");
+    // The first failure is the system falling behind: either a call shed
+    // because too many were in flight, or (on a loaded machine) one due
+    // before the shedding began that got no answer in time. Both say so.
+    assert!(
+        r["error"].as_str().unwrap().contains("fell behind"),
+        "the first failure is the system falling behind: {r}"
+    );
+    // achieved × its window is a count of calls that completed 200.
+    let achieved = f("achieved_per_s");
+    assert!(
+        achieved * f("error_free_s") <= n("ok") as f64 + 1.0,
+        "achieved {achieved}/s over {} s is more than the {} calls answered: {r}",
+        f("error_free_s"),
+        n("ok")
+    );
+    // Two hops of HTTP on a loaded 2-core box complete far fewer than the
+    // schedule; the old figure was the schedule itself (1,000,000/s).
+    assert!(achieved < 100_000.0, "achieved {achieved}/s: {r}");
+}
+
+/// Ctrl-C while the second remedy runs: the first remedy's row is printed,
+/// the second's is not, the exit code is 130, and the box namespaces of the
+/// run are gone afterwards.
+#[test]
+fn netns_root_ctrl_c_prints_the_finished_rows_and_removes_the_boxes() {
+    if !is_root("netns_root_ctrl_c_prints_the_finished_rows_and_removes_the_boxes") {
+        return;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fivetuple"))
+        .args([
+            "repro",
+            "--only",
+            "naive,pooled",
+            "--ports",
+            "100",
+            "--rate",
+            "100",
+            "--duration",
+            "4s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the fivetuple binary");
+    let pid = child.id();
+    let (line_tx, line_rx) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            all.push_str(&line);
+            all.push('\n');
+            let _ = line_tx.send(line);
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = line_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("stderr says when pooled starts (plain progress lines off a terminal)");
+        if line.contains("pooled: started") {
+            break;
+        }
+    }
+    // The box of the running remedy: namespaces of the child's threads that
+    // are not ours, identified by cookie (inode numbers are reused).
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let boxes: Vec<(PathBuf, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let path = t.ok()?.path().join("ns/net");
+            let ns = std::fs::read_link(&path).ok()?;
+            (ns != ours).then(|| Some((ns, netns_cookie(&path)?)))?
+        })
+        .collect();
+    assert!(!boxes.is_empty(), "pooled runs in a namespace of its own");
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+    let interrupted_at = Instant::now();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let stopped_in = interrupted_at.elapsed();
+    let stderr = err_reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}: {stderr}");
+    assert!(stopped_in < Duration::from_secs(15), "took {stopped_in:?}");
+    let naive = stdout.lines().find(|l| l.starts_with("naive"));
+    assert!(
+        naive.is_some_and(|l| l.contains("os error 99")),
+        "the finished remedy's row: {stdout}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("pooled")),
+        "no row for the interrupted remedy: {stdout}"
+    );
+    assert!(stdout.contains("interrupted during pooled"), "{stdout}");
+    assert!(stderr.contains("interrupted during pooled"), "{stderr}");
+    // No thread anywhere is left in the run's box namespaces.
+    for task in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(tasks) = std::fs::read_dir(task.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path().join("ns/net");
+            let Ok(ns) = std::fs::read_link(&path) else {
+                continue;
+            };
+            for (box_ns, cookie) in &boxes {
+                if ns == *box_ns {
+                    assert_ne!(
+                        netns_cookie(&path),
+                        Some(*cookie),
+                        "{} is still in the box {ns:?}",
+                        t.path().display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The network namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14), which
+/// unlike its inode number is never reused: read from a socket made by a
+/// thread that entered the namespace at `path`. `None` if it is gone.
+fn netns_cookie(path: &std::path::Path) -> Option<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    /// include/uapi/asm-generic/socket.h
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let ns = std::fs::File::open(path).ok()?;
+    std::thread::spawn(move || {
+        // SAFETY: ns is an open nsfs file; the thread is discarded after.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return None;
+        }
+        // SAFETY: plain socket(2); the fd is owned by `sock` from here on.
+        let sock = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return None;
+            }
+            std::os::fd::OwnedFd::from_raw_fd(fd)
+        };
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: cookie and len are valid for writes of their sizes.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(cookie)
+    })
+    .join()
+    .ok()?
 }
 
 #[test]

@@ -21,6 +21,52 @@ fn tick(v: f64) -> String {
     s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
 }
 
+/// Checks, before the experiment starts, that the chart can be written to
+/// `path`: not a directory, in a directory that exists and takes new files,
+/// and writable if it exists already. Leaves nothing behind. The error
+/// names `--chart`, the path and the reason.
+pub fn check_target(path: &Path) -> Result<(), LabError> {
+    let bad = |reason: String| LabError::BadArgument {
+        flag: "--chart",
+        value: path.display().to_string(),
+        reason,
+    };
+    if path.as_os_str().is_empty() {
+        return Err(bad("expected a file name".into()));
+    }
+    if path.is_dir() {
+        return Err(bad(
+            "is a directory; expected a file name such as repro.svg".into(),
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(bad(format!("{} is not a directory", dir.display()))),
+        Err(e) => return Err(bad(format!("directory {}: {e}", dir.display()))),
+    }
+    // Creating a file is the only check that holds for root, read-only
+    // mounts and ACLs alike. Hand-written rather than with tempfile, whose
+    // errors name its random probe file instead of just the OS error.
+    let probe = dir.join(format!(".fivetuple-chart-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| bad(format!("cannot create files in {}: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| bad(format!("cannot write it: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Draws `report` to an SVG file at `path`.
 pub fn write_svg(report: &Report, path: &Path) -> Result<(), LabError> {
     let mut svg = String::new();
@@ -154,11 +200,13 @@ mod tests {
             calls: 2000,
             ok: 1000,
             failed: 1000,
+            shed: 0,
             first_failure_s: Some(5.0),
             error: Some("Cannot assign requested address (os error 99)".into()),
             peak_time_wait: 1000,
             budget_per_s: Some(16.7),
             achieved_per_s: 200.0,
+            error_free_s: 5.0,
             latency_ms_p50: 1.0,
             latency_ms_p99: 2.0,
             verdict: Verdict::Fails,
@@ -187,6 +235,7 @@ mod tests {
                 spread_sources: 16,
             },
             remedies: vec![result(Remedy::Naive), result(Remedy::Auth)],
+            interrupted: None,
         };
         let mut svg = String::new();
         render(&report, &mut svg).unwrap();
@@ -196,6 +245,30 @@ mod tests {
         for color in ["#1A9E3F", "#D62728", "#1F5FBF"] {
             // Per panel: the series and its legend mark.
             assert_eq!(svg.matches(color).count(), 4, "{color}");
+        }
+    }
+
+    #[test]
+    fn chart_targets_are_checked_before_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("repro.svg");
+        check_target(&ok).unwrap();
+        assert!(!ok.exists(), "the check creates nothing");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let file = dir.path().join("taken.svg");
+        std::fs::write(&file, "x").unwrap();
+        for (path, needle) in [
+            (dir.path().to_path_buf(), "is a directory"),
+            (dir.path().join("missing/repro.svg"), "No such file"),
+            (file.join("under-a-file.svg"), "is not a directory"),
+        ] {
+            let e = check_target(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("--chart")
+                    && e.contains(&path.display().to_string())
+                    && e.contains(needle),
+                "{e}"
+            );
         }
     }
 }

@@ -19,6 +19,12 @@ pub const WIDE_RANGE: (u16, u16) = (5001, 65534);
 /// Lowest port a box's range may start at (below are the well-known ports).
 pub const MIN_PORT: u32 = 1024;
 
+/// Most kept-alive connections the driver may open to A.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Most calls the driver may keep outstanding (each costs a few KiB).
+pub const MAX_IN_FLIGHT: usize = 65536;
+
 /// Ports the services listen on inside the box (outside every range used).
 pub const UPSTREAM_PORT: u16 = 1080;
 /// Port of frontend A.
@@ -42,6 +48,10 @@ pub enum Remedy {
     Spread,
     /// A keep-alive pool: the real fix.
     Pooled,
+    /// The naive client, unmodified, with `fivetuple run`'s cgroup connect
+    /// hook rotating over the range in the kernel. Needs root and BPF, so it
+    /// runs only when named (`--only naive,attach`).
+    Attach,
 }
 
 impl Remedy {
@@ -56,6 +66,10 @@ impl Remedy {
         Remedy::Pooled,
     ];
 
+    /// Remedies that run only when named with `--only` (`attach` needs root
+    /// and BPF, which the default run does not).
+    pub const OPT_IN: [Remedy; 1] = [Remedy::Attach];
+
     /// The name used on the command line and in the output.
     pub fn name(self) -> &'static str {
         match self {
@@ -66,6 +80,7 @@ impl Remedy {
             Remedy::Rotate => "rotate",
             Remedy::Spread => "spread",
             Remedy::Pooled => "pooled",
+            Remedy::Attach => "attach",
         }
     }
 
@@ -79,6 +94,7 @@ impl Remedy {
             Remedy::Rotate => "remedy 3: explicit bind rotating over the range with SO_REUSEADDR (takes over TIME_WAIT when timestamps are on)",
             Remedy::Spread => "16 source addresses (IP_BIND_ADDRESS_NO_PORT): 16 times the ports",
             Remedy::Pooled => "keep-alive pool: no new connection per call, the real fix",
+            Remedy::Attach => "the naive client unmodified, fixed in the kernel: fivetuple run's cgroup connect hook rotating over the range",
         }
     }
 
@@ -99,6 +115,7 @@ impl FromStr for Remedy {
     fn from_str(s: &str) -> Result<Remedy, LabError> {
         Remedy::ALL
             .into_iter()
+            .chain(Remedy::OPT_IN)
             .find(|r| r.name() == s.trim())
             .ok_or_else(|| LabError::BadArgument {
                 flag: "--only",
@@ -109,7 +126,12 @@ impl FromStr for Remedy {
 }
 
 fn names() -> String {
-    Remedy::ALL.map(Remedy::name).join(", ")
+    Remedy::ALL
+        .into_iter()
+        .chain(Remedy::OPT_IN)
+        .map(Remedy::name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Parses `--only naive,rotate`: a comma-separated list, duplicates removed,
@@ -191,8 +213,12 @@ pub struct Config {
     pub rate: u32,
     /// How long each remedy is driven.
     pub duration: Duration,
-    /// Kept-alive connections from the driver to A.
+    /// Kept-alive connections from the driver to A. They take their ports
+    /// from the box's range, so it must hold at least this many.
     pub driver_connections: usize,
+    /// Calls outstanding at once; a call due beyond this is shed (counted
+    /// as failed, never queued), which bounds the driver's memory.
+    pub max_in_flight: usize,
     /// Source addresses `spread` uses.
     pub spread_sources: u8,
 }
@@ -209,6 +235,7 @@ impl Default for Config {
             rate: 200,
             duration: Duration::from_secs(10),
             driver_connections: 64,
+            max_in_flight: 4096,
             spread_sources: 16,
         }
     }
@@ -272,6 +299,65 @@ impl Config {
             ));
         }
         self.tw_reuse = v as u8;
+        Ok(())
+    }
+
+    /// Sets the driver's kept-alive connections to A (1 to 1024).
+    pub fn set_connections(&mut self, n: usize) -> Result<(), LabError> {
+        if !(1..=MAX_CONNECTIONS).contains(&n) {
+            return Err(bad(
+                "--connections",
+                n,
+                &format!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        self.driver_connections = n;
+        Ok(())
+    }
+
+    /// Sets how many calls may be outstanding at once (1 to 65536).
+    pub fn set_max_in_flight(&mut self, n: usize) -> Result<(), LabError> {
+        if !(1..=MAX_IN_FLIGHT).contains(&n) {
+            return Err(bad(
+                "--max-in-flight",
+                n,
+                &format!("must be between 1 and {MAX_IN_FLIGHT}"),
+            ));
+        }
+        self.max_in_flight = n;
+        Ok(())
+    }
+
+    /// The `ip_local_port_range` a remedy's box gets.
+    pub fn range_of(&self, remedy: Remedy) -> [u16; 2] {
+        if remedy == Remedy::WideRange {
+            [WIDE_RANGE.0, WIDE_RANGE.1]
+        } else {
+            [self.port_lo, self.port_hi]
+        }
+    }
+
+    /// Checks the settings against each other (each setter checks its own
+    /// value): the driver's kept-alive connections take their ports from the
+    /// box's range, so a range smaller than them cannot even start.
+    pub fn check(&self) -> Result<(), LabError> {
+        let connections = self.driver_connections;
+        if let Some(r) = self.remedies.iter().find(|&&r| {
+            let [lo, hi] = self.range_of(r);
+            (usize::from(hi) - usize::from(lo) + 1) < connections
+        }) {
+            let ports = self.ports();
+            return Err(LabError::BadArgument {
+                flag: "--ports",
+                value: ports.to_string(),
+                reason: format!(
+                    "smaller than --connections {connections}: each of the driver's kept-alive \
+                     connections to A holds a port of the box's range ({r} uses {}-{}); use \
+                     --ports {connections} or more, or --connections {ports} or fewer",
+                    self.port_lo, self.port_hi
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -375,6 +461,27 @@ mod tests {
             .contains("--rate \"0\""));
         assert!(c.set_tw_reuse(3).is_err());
         assert!(c.set_tw_reuse(2).is_ok());
+    }
+
+    #[test]
+    fn ports_must_hold_the_driver_connections() {
+        let mut c = Config::default();
+        c.set_ports(10, 40000).unwrap();
+        c.set_connections(64).unwrap();
+        let e = c.check().unwrap_err().to_string();
+        assert!(
+            e.contains("--ports \"10\"") && e.contains("--connections 64"),
+            "{e}"
+        );
+        c.set_connections(10).unwrap();
+        assert!(c.check().is_ok());
+        // wide-range does not use the base range.
+        c.remedies = vec![Remedy::WideRange];
+        c.set_connections(64).unwrap();
+        assert!(c.check().is_ok());
+        assert!(c.set_connections(0).is_err());
+        assert!(c.set_max_in_flight(0).is_err());
+        assert!(c.set_max_in_flight(100_000).is_err());
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub enum LabError {
     /// Writing the chart failed.
     #[error("chart: {0}")]
     Chart(String),
+    /// The run was asked to stop (Ctrl-C) before it finished.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl LabError {

@@ -76,8 +76,11 @@ pub struct RemedyResult {
     pub calls: u64,
     /// Calls answered 200.
     pub ok: u64,
-    /// Calls that failed.
+    /// Calls that failed (shed calls included).
     pub failed: u64,
+    /// Calls not sent because the driver's in-flight limit was reached (the
+    /// system fell behind the rate); counted in `failed`.
+    pub shed: u64,
     /// When the first failing call was sent, seconds from the start.
     pub first_failure_s: Option<f64>,
     /// The first failure's text (the OS error A got).
@@ -87,9 +90,13 @@ pub struct RemedyResult {
     /// Sustainable new-connection rate, or `None` when TIME_WAIT does not bound it.
     pub budget_per_s: Option<f64>,
     /// The rate sustained with zero errors: calls answered 200 before the
-    /// first failure, over the time they took (at least the run's duration,
-    /// so a driver or service that falls behind shows a lower figure).
+    /// first failure arrived, over `error_free_s`. Counted from completed
+    /// calls when they completed, so a box that falls behind the schedule
+    /// shows the rate it really kept.
     pub achieved_per_s: f64,
+    /// Seconds from the start until the first failure arrived, or until the
+    /// last answer (at least the run's duration) when nothing failed.
+    pub error_free_s: f64,
     /// Median time from a call being due to its answer, in ms.
     pub latency_ms_p50: f64,
     /// 99th percentile of that time, in ms.
@@ -110,8 +117,19 @@ pub struct Report {
     /// The box.
     #[serde(rename = "box")]
     pub box_info: BoxInfo,
-    /// One entry per remedy, in the order run.
+    /// One entry per remedy that finished, in the order run.
     pub remedies: Vec<RemedyResult>,
+    /// Set when the run was stopped (Ctrl-C) before every remedy finished.
+    pub interrupted: Option<Interruption>,
+}
+
+/// Where a stopped run stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Interruption {
+    /// The remedy that was running (or about to start); it has no row.
+    pub during: Remedy,
+    /// The remedies after it, which did not run.
+    pub not_run: Vec<Remedy>,
 }
 
 /// The port budget of one remedy: how long a used (address, port) stays
@@ -155,8 +173,8 @@ impl Budget {
             Remedy::Pooled => None,
             // An explicit bind takes over a TIME_WAIT at once when it carried
             // timestamps (tcp_twsk_unique without twp).
-            Remedy::Rotate if timestamps => None,
-            Remedy::Rotate => Some(TIME_WAIT_SECS),
+            Remedy::Rotate | Remedy::Attach if timestamps => None,
+            Remedy::Rotate | Remedy::Attach => Some(TIME_WAIT_SECS),
             _ => Some(kernel_hold),
         };
         Budget { endpoints, hold_s }
@@ -284,11 +302,38 @@ pub fn table(report: &Report) -> String {
     for r in &report.remedies {
         let _ = writeln!(out, "  {:<10}  {}", r.name.name(), r.name.describe());
     }
+    for r in report.remedies.iter().filter(|r| r.shed > 0) {
+        let _ = writeln!(
+            out,
+            "note: {}: {} of {} calls were not sent: the system fell behind {} calls/s and the driver \
+             sheds calls beyond its in-flight limit instead of queueing them; they count as failed",
+            r.name, r.shed, r.calls, b.rate_per_s
+        );
+    }
     if report.remedies.iter().any(|r| r.name == Remedy::TwReuse) {
         out.push_str(
             "note: Linux cannot shorten TIME_WAIT (60 s, fixed at compile time). net.ipv4.tcp_fin_timeout is the \
              FIN_WAIT_2 timeout, not TIME_WAIT: lowering it does not help. tcp_tw_reuse=1 lets connect() take over \
              a TIME_WAIT older than tcp_tw_reuse_delay, only when TCP timestamps are on.\n",
+        );
+    }
+    if let Some(i) = &report.interrupted {
+        let not_run = if i.not_run.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; not run: {}",
+                i.not_run
+                    .iter()
+                    .map(|r| r.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let _ = writeln!(
+            out,
+            "interrupted during {}: the rows above are the remedies that finished{not_run}",
+            i.during
         );
     }
     out

@@ -3,18 +3,18 @@
 //! A, and the numbers collected into a [`Report`].
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, Remedy, Topology, FRONTEND_PORT, UPSTREAM_PORT, WIDE_RANGE};
-use crate::driver::{self, DriveOutcome, Live};
+use crate::config::{Config, Remedy, Topology, FRONTEND_PORT, UPSTREAM_PORT};
+use crate::driver::{self, DriveOutcome, Live, Load};
 use crate::error::LabError;
 use crate::netns::{self, Privilege};
-use crate::report::{verdict, BoxInfo, Budget, RemedyResult, RemedySettings, Report};
+use crate::report::{verdict, BoxInfo, Budget, Interruption, RemedyResult, RemedySettings, Report};
 use crate::services::{serve_frontend, serve_upstream, Outbound, UpstreamMode};
 
 /// Receives progress while the experiment runs. Every method has an empty
@@ -44,13 +44,52 @@ pub fn run(
     privilege: Privilege,
     observer: Arc<dyn Observer>,
 ) -> Result<Report, LabError> {
+    run_until(
+        config,
+        privilege,
+        observer,
+        Arc::new(AtomicBool::new(false)),
+    )
+}
+
+/// Like [`run`], but stops soon after `stop` turns true (a Ctrl-C
+/// handler sets it): the remedy running then is abandoned, its box torn
+/// down, and the report holds the remedies that finished, with
+/// [`Report::interrupted`] saying where it stopped.
+pub fn run_until(
+    config: &Config,
+    privilege: Privilege,
+    observer: Arc<dyn Observer>,
+    stop: Arc<AtomicBool>,
+) -> Result<Report, LabError> {
+    config.check()?;
     let mut remedies = Vec::new();
     let mut reuse_delay_ms = None;
-    for &remedy in &config.remedies {
-        let (result, delay) = run_remedy(config, remedy, observer.clone())?;
-        reuse_delay_ms = reuse_delay_ms.or(delay);
-        observer.finished(&result);
-        remedies.push(result);
+    let mut interrupted = None;
+    for (n, &remedy) in config.remedies.iter().enumerate() {
+        let outcome = if stop.load(Ordering::Relaxed) {
+            Err(LabError::Interrupted)
+        } else {
+            run_remedy(config, remedy, observer.clone(), stop.clone())
+        };
+        match outcome {
+            Ok((result, delay)) => {
+                reuse_delay_ms = reuse_delay_ms.or(delay);
+                observer.finished(&result);
+                remedies.push(result);
+            }
+            // A remedy that failed while stopping counts as interrupted too.
+            Err(e) if !matches!(e, LabError::Interrupted) && !stop.load(Ordering::Relaxed) => {
+                return Err(e)
+            }
+            Err(_) => {
+                interrupted = Some(Interruption {
+                    during: remedy,
+                    not_run: config.remedies[n + 1..].to_vec(),
+                });
+                break;
+            }
+        }
     }
     Ok(Report {
         box_info: BoxInfo {
@@ -68,6 +107,7 @@ pub fn run(
             spread_sources: config.spread_sources,
         },
         remedies,
+        interrupted,
     })
 }
 
@@ -82,10 +122,11 @@ fn run_remedy(
     config: &Config,
     remedy: Remedy,
     observer: Arc<dyn Observer>,
+    stop: Arc<AtomicBool>,
 ) -> Result<(RemedyResult, Option<u64>), LabError> {
     let run = match config.topology {
-        Topology::Loopback => run_loopback(config.clone(), remedy, observer)?,
-        Topology::TwoHosts => run_two_hosts(config.clone(), remedy, observer)?,
+        Topology::Loopback => run_loopback(config.clone(), remedy, observer, stop)?,
+        Topology::TwoHosts => run_two_hosts(config.clone(), remedy, observer, stop)?,
     };
     let s = &run.settings;
     let ports = u32::from(s.port_range[1]) - u32::from(s.port_range[0]) + 1;
@@ -100,22 +141,22 @@ fn run_remedy(
     );
     let o = run.outcome;
     let (verdict, verdict_text) = verdict(o.failed, o.first_failure_s, budget, config.rate);
-    let achieved_per_s = match o.first_failure_s {
-        None => o.ok as f64 / config.duration.as_secs_f64().max(o.completed_s),
-        Some(t) if t > 0.0 => o.ok_before_first_failure as f64 / t,
-        Some(_) => 0.0,
-    };
+    // Completed calls over the time they took to complete, up to the first
+    // failure: never the schedule, which an overloaded box does not keep.
+    let achieved_per_s = o.ok_error_free as f64 / o.error_free_s;
     Ok((
         RemedyResult {
             name: remedy,
             calls: o.calls,
             ok: o.ok,
             failed: o.failed,
+            shed: o.shed,
             first_failure_s: o.first_failure_s,
             error: o.error,
             peak_time_wait: o.peak_time_wait,
             budget_per_s: budget.per_s(),
             achieved_per_s,
+            error_free_s: o.error_free_s,
             latency_ms_p50: o.latency_ms_p50,
             latency_ms_p99: o.latency_ms_p99,
             verdict,
@@ -143,11 +184,7 @@ fn configure_client(
     config: &Config,
     remedy: Remedy,
 ) -> Result<([u16; 2], u8, Option<u64>), LabError> {
-    let range = if remedy == Remedy::WideRange {
-        [WIDE_RANGE.0, WIDE_RANGE.1]
-    } else {
-        [config.port_lo, config.port_hi]
-    };
+    let range = config.range_of(remedy);
     let reuse = if remedy == Remedy::TwReuse {
         1
     } else {
@@ -235,6 +272,14 @@ fn outbound(
                 text,
             )
         }
+        Remedy::Attach => (
+            per_call(Arc::new(fivetuple::KernelDefault), false),
+            1,
+            format!(
+                "kernel picks the port, closed per call; the cgroup connect hook binds rotate:{}-{}",
+                range[0], range[1]
+            ),
+        ),
         Remedy::Pooled => (
             Outbound::pooled(upstream),
             1,
@@ -250,6 +295,7 @@ async fn client_side(
     remedy: Remedy,
     out: Outbound,
     observer: Arc<dyn Observer>,
+    stop: Arc<AtomicBool>,
 ) -> Result<DriveOutcome, LabError> {
     let frontend_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, FRONTEND_PORT));
     let listener = TcpListener::bind(frontend_addr)
@@ -259,8 +305,13 @@ async fn client_side(
     tokio::spawn(serve_frontend(listener, out, stop_rx));
 
     let live = Arc::new(Live::default());
-    let total = (f64::from(config.rate) * config.duration.as_secs_f64()).floor() as u64;
-    observer.started(remedy, total);
+    let load = Load {
+        rate: config.rate,
+        duration: config.duration,
+        connections: config.driver_connections,
+        max_in_flight: config.max_in_flight,
+    };
+    observer.started(remedy, load.total());
     let ticker = {
         let (live, observer) = (live.clone(), observer.clone());
         tokio::spawn(async move {
@@ -278,11 +329,10 @@ async fn client_side(
     };
     let outcome = driver::drive(
         frontend_addr,
-        config.rate,
-        config.duration,
-        config.driver_connections,
+        load,
         live.clone(),
         netns::time_wait_count,
+        stop,
     )
     .await;
     ticker.abort();
@@ -302,11 +352,13 @@ fn run_loopback(
     config: Config,
     remedy: Remedy,
     observer: Arc<dyn Observer>,
+    stop: Arc<AtomicBool>,
 ) -> Result<ClientRun, LabError> {
     let handle = netns::spawn_box(&format!("box-{remedy}"), move || {
         let (range, reuse, reuse_delay_ms) = configure_client(&config, remedy)?;
         let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, UPSTREAM_PORT));
         let (out, sources, client) = outbound(&config, remedy, range, upstream)?;
+        let _hook = crate::hook::KernelHook::for_remedy(remedy, range, upstream)?;
         let rt = runtime()?;
         let mode = if remedy == Remedy::Auth {
             UpstreamMode::Auth
@@ -319,7 +371,7 @@ fn run_loopback(
                 .map_err(|e| LabError::Run(format!("upstream binding {upstream}: {e}")))?;
             let (stop_tx, stop_rx) = watch::channel(false);
             tokio::spawn(serve_upstream(listener, mode, stop_rx));
-            let outcome = client_side(config, remedy, out, observer).await;
+            let outcome = client_side(config, remedy, out, observer, stop).await;
             let _ = stop_tx.send(true);
             outcome
         });
@@ -338,10 +390,42 @@ fn run_loopback(
     netns::join_box(handle)
 }
 
+/// Waits (bounded) until B accepts connections: the veth link comes up
+/// asynchronously. The probe must not spend a port of the box, or the run
+/// would show one call fewer than the budget: it closes with RST
+/// (`SO_LINGER {on, 0}`), which leaves no TIME_WAIT on either side.
+async fn wait_until_answers(upstream: SocketAddr, stop: &AtomicBool) -> Result<(), LabError> {
+    let mut probe = fivetuple::Connector::new(fivetuple::KernelDefault);
+    probe
+        .set_linger_zero(true)
+        .set_connect_timeout(Some(Duration::from_millis(500)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(LabError::Interrupted);
+        }
+        match probe.connect(upstream).await {
+            // Dropping it sends the RST.
+            Ok(stream) => {
+                drop(stream);
+                return Ok(());
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(LabError::Run(format!(
+                    "upstream {upstream} did not answer over the veth within 5 s: {}",
+                    e.io_error()
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 fn run_two_hosts(
     config: Config,
     remedy: Remedy,
     observer: Arc<dyn Observer>,
+    stop: Arc<AtomicBool>,
 ) -> Result<ClientRun, LabError> {
     let (tid_tx, tid_rx) = mpsc::channel::<i32>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -424,17 +508,11 @@ fn run_two_hosts(
         }
         let upstream = SocketAddr::from((HOST_B, UPSTREAM_PORT));
         let (out, sources, client) = outbound(&config, remedy, range, upstream)?;
+        let _hook = crate::hook::KernelHook::for_remedy(remedy, range, upstream)?;
         let rt = runtime()?;
-        let started = Instant::now();
         let outcome = rt.block_on(async {
-            // The veth link comes up asynchronously; wait (bounded) until B answers.
-            let deadline = started + Duration::from_secs(5);
-            while tokio::net::TcpStream::connect(upstream).await.is_err()
-                && Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            client_side(config, remedy, out, observer).await
+            wait_until_answers(upstream, &stop).await?;
+            client_side(config, remedy, out, observer, stop).await
         });
         let _ = stop_tx.send(());
         rt.shutdown_timeout(Duration::from_secs(1));

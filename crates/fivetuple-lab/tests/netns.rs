@@ -102,3 +102,26 @@ fn netns_root_two_hosts_over_veth() {
     assert_eq!(spread.failed, 0, "{spread:?}");
     assert_eq!(spread.settings.sources, 4);
 }
+
+/// Over the veth, the kernel-default client gets exactly one call per port
+/// of the range before EADDRNOTAVAIL: setting the box up (the readiness
+/// probe toward B) spends none of them.
+#[test]
+fn netns_root_two_hosts_naive_gets_every_port_of_the_range() {
+    let Some(p) = privilege("netns_root_two_hosts_naive_gets_every_port_of_the_range") else {
+        return;
+    };
+    let mut c = small(&[Remedy::Naive], 1000, 400, 3.0);
+    c.topology = Topology::TwoHosts;
+    let report = fivetuple_lab::run(&c, p, Arc::new(fivetuple_lab::Quiet)).unwrap();
+    let naive = &report.remedies[0];
+    assert_eq!(naive.calls, 1200, "{naive:?}");
+    assert_eq!(naive.ok, 1000, "one call per port: {naive:?}");
+    assert_eq!(naive.failed, 200, "{naive:?}");
+    assert!(
+        naive.error.as_deref().unwrap().contains("os error 99"),
+        "{naive:?}"
+    );
+    // Every TIME_WAIT in the box is one of the calls': the probe left none.
+    assert_eq!(naive.peak_time_wait, 1000, "{naive:?}");
+}

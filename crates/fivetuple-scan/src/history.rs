@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::model::{self, is_outbound, listening_ports, Analysis, Snapshot, Thresholds};
+use crate::model::{self, listening_ports, may_be_outbound, Analysis, Snapshot, Thresholds};
 
 /// Earlier scans of one namespace, at most two, with only their outbound sockets.
 #[derive(Debug, Clone)]
@@ -65,10 +65,11 @@ impl History {
     }
 }
 
-/// A baseline needs only the outbound 4-tuples and the counters.
+/// A baseline needs only the 4-tuples that may be outbound (the analysis
+/// asks it about outbound sockets only) and the counters.
 fn outbound_only(mut snap: Snapshot) -> Snapshot {
     let listening = listening_ports(&snap.sockets);
-    snap.sockets.retain(|s| is_outbound(s, &listening));
+    snap.sockets.retain(|s| may_be_outbound(s, &listening));
     snap.sockets.shrink_to_fit();
     snap
 }

@@ -33,7 +33,9 @@ pub mod socket;
 
 pub use error::ScanError;
 pub use history::History;
-pub use model::{Analysis, Destination, Finding, Severity, Snapshot, Thresholds};
+pub use model::{
+    Analysis, Destination, Direction, Directions, Finding, Severity, Snapshot, Thresholds,
+};
 pub use settings::{Counters, Settings};
 pub use socket::{Socket, Source, Table, TcpState};
 

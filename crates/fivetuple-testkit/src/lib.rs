@@ -5,6 +5,8 @@
 //! and sockets with a chosen source address. Linux only; not published.
 #![deny(missing_docs)]
 
+pub mod hostile;
+
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;

@@ -191,6 +191,11 @@ pub fn families(a: &Analysis, top_k: usize) -> Vec<Family> {
             ],
         },
         Family {
+            name: "fivetuple_inbound_without_listener_sockets",
+            help: "Server-side sockets whose local port no longer listens (a stopped server's TIME_WAITs), told apart by fan-out; counted in kind=\"inbound\", never as destinations.",
+            series: one(f64::from(t.inbound_without_listener)),
+        },
+        Family {
             name: "fivetuple_time_wait_sockets",
             help: "TIME_WAIT sockets in the table, any direction.",
             series: one(f64::from(t.time_wait)),
@@ -324,6 +329,70 @@ mod tests {
         assert!(fam(&f, "fivetuple_destination_new_connections_per_second")
             .series
             .is_empty());
+    }
+
+    #[test]
+    fn zero_usable_ports_exports_exhaustion_and_orphans_are_counted() {
+        let mut sockets = Vec::new();
+        for i in 0..3u16 {
+            sockets.push(Socket {
+                state: TcpState::Established,
+                local: format!("[::ffff:10.0.0.1]:{}", 40000 + i).parse().unwrap(),
+                remote: "[::ffff:10.0.0.9]:443".parse().unwrap(),
+                inode: 0,
+                uid: 0,
+                tw_remaining_ms: None,
+            });
+        }
+        // A stopped server's TIME_WAITs on :8080.
+        for i in 0..20u16 {
+            sockets.push(Socket {
+                state: TcpState::TimeWait,
+                local: "10.0.0.1:8080".parse().unwrap(),
+                remote: format!("10.0.0.7:{}", 50000 + i).parse().unwrap(),
+                inode: 0,
+                uid: 0,
+                tw_remaining_ms: Some(5_000),
+            });
+        }
+        let snap = Snapshot {
+            sockets,
+            source: Source::Netlink,
+            settings: Settings {
+                ip_local_port_range: (40000, 40999),
+                ip_local_reserved_ports: vec![(40000, 40999)],
+                ..Settings::default()
+            },
+            counters: Counters::default(),
+            fallback_reason: None,
+        };
+        let a = model::analyze(None, &snap, None, Thresholds::default());
+        let f = families(&a, 10);
+        assert_eq!(fam(&f, "fivetuple_usable_ports").series[0].1, 0.0);
+        let util = fam(&f, "fivetuple_destination_utilization_ratio");
+        assert_eq!(util.series.len(), 1, "{:?}", util.series);
+        assert_eq!(
+            util.series[0],
+            (
+                vec![
+                    ("local_ip", "10.0.0.1".to_string()),
+                    ("remote_ip", "10.0.0.9".to_string()),
+                    ("remote_port", "443".to_string())
+                ],
+                1.0
+            )
+        );
+        assert_eq!(
+            value(
+                fam(&f, "fivetuple_destination_seconds_to_exhaustion"),
+                "443"
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            fam(&f, "fivetuple_inbound_without_listener_sockets").series[0].1,
+            20.0
+        );
     }
 
     #[test]

@@ -3,24 +3,25 @@
 //! exporter's own footprint. Registered last, so it reports the scrape it
 //! is part of.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
-use super::{counter, gauge, gauges, RunLog};
+use super::server::{Reason, Stats};
+use super::{counter, counters, gauge, gauges, RunLog};
 
 /// Exports `fivetuple_scrape_collector_*` and `fivetuple_exporter_*`.
 pub struct SelfCollector {
     log: Arc<RunLog>,
-    rejected: Arc<AtomicU64>,
+    stats: Arc<Stats>,
 }
 
 impl SelfCollector {
-    /// `rejected` counts scrapes turned away because the queue was full.
-    pub fn new(log: Arc<RunLog>, rejected: Arc<AtomicU64>) -> Self {
-        SelfCollector { log, rejected }
+    /// `stats` are the HTTP side's counters.
+    pub fn new(log: Arc<RunLog>, stats: Arc<Stats>) -> Self {
+        SelfCollector { log, stats }
     }
 }
 
@@ -86,11 +87,40 @@ impl Collector for SelfCollector {
                 rss,
             )?;
         }
+        let st = &self.stats;
+        let refused: Vec<_> = Reason::ALL
+            .iter()
+            .map(|r| (vec![("reason", r.label().to_string())], st.refused(*r)))
+            .collect();
+        counters(
+            &mut enc,
+            "fivetuple_exporter_connections_refused",
+            "Connections refused or closed before they were served: slots_full, peer_limit (every slot busy), evicted_idle (closed to make room), request_timeout (no request within the deadline), tls_failed.",
+            &refused,
+        )?;
         counter(
             &mut enc,
-            "fivetuple_exporter_scrapes_rejected",
-            "Scrapes answered 503 because the scrape queue was full.",
-            self.rejected.load(Ordering::Relaxed),
+            "fivetuple_exporter_connections_accepted",
+            "Connections accepted (before the slot check).",
+            st.accepted.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut enc,
+            "fivetuple_exporter_connections_open",
+            "Connections holding a slot now.",
+            st.open.load(Ordering::Relaxed) as f64,
+        )?;
+        counter(
+            &mut enc,
+            "fivetuple_exporter_scrapes_shared",
+            "Scrapes answered from a scan that another concurrent scrape had started.",
+            st.shared_scrapes.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "fivetuple_exporter_requests_unauthorized",
+            "Requests answered 401 (no or wrong basic auth credentials).",
+            st.unauthorized.load(Ordering::Relaxed),
         )
     }
 }
