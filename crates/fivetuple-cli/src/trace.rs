@@ -117,7 +117,7 @@ pub(crate) fn netns_inode(target: &Target) -> Result<u32> {
     u32::try_from(ino).with_context(|| format!("namespace inode {ino} does not fit 32 bits"))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

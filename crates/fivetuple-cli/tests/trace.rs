@@ -161,3 +161,140 @@ fn unprivileged_trace_names_cap_bpf_and_doctor_still_works_root() {
         "{doc}"
     );
 }
+
+/// GET /metrics over plain HTTP/1.0.
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the exporter");
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200"),
+        "{body}"
+    );
+    body
+}
+
+/// The value of the one sample whose line starts with `name{` and contains every label.
+fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn exporter_bpf_counts_what_curl_saw_root() {
+    let test = "exporter_bpf_counts_what_curl_saw_root";
+    if !have_root(test) || !have_tool(test, "curl", "curl") {
+        return;
+    }
+    in_fresh_netns(|| {
+        sysctl("ip_local_port_range", "40000 40019");
+        sysctl("tcp_tw_reuse", "0");
+        let (_listener, port) = upstream();
+        let listen = "127.0.0.1:18099"; // outside the port range
+        let mut exporter = Command::new(BIN)
+            .args(["exporter", "--bpf", "--listen", listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run fivetuple exporter");
+        let mut line = String::new();
+        BufReader::new(exporter.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("listening"), "{line}");
+        let (mut ok, mut failed) = (0u64, 0u64);
+        for _ in 0..30 {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "--max-time", "5"])
+                .arg(format!("http://127.0.0.1:{port}/"))
+                .status()
+                .expect("run curl");
+            if out.success() {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        assert_eq!((ok, failed), (20, 10));
+        std::thread::sleep(Duration::from_millis(300));
+        let body = scrape(listen);
+        let _ = exporter.kill();
+        let _ = exporter.wait();
+        let dest = format!("destination=\"127.0.0.1:{port}\"");
+        let curl = "comm=\"curl\"";
+        assert!(body.contains("fivetuple_bpf_observer_loaded 1"), "{body}");
+        assert_eq!(
+            sample(&body, "fivetuple_connect_attempts_total", &[&dest, curl]),
+            Some((ok + failed) as f64),
+            "{body}"
+        );
+        assert_eq!(
+            sample(
+                &body,
+                "fivetuple_connect_exhaustion_failures_total",
+                &[&dest, curl, "errno=\"EADDRNOTAVAIL\"", "stage=\"connect\""]
+            ),
+            Some(failed as f64),
+            "{body}"
+        );
+        assert_eq!(
+            sample(&body, "fivetuple_time_wait_entries_total", &[&dest, curl]),
+            Some(ok as f64),
+            "{body}"
+        );
+        assert!(
+            body.contains("fivetuple_scrape_collector_success{collector=\"bpf\"} 1"),
+            "{body}"
+        );
+    });
+}
+
+#[test]
+fn unprivileged_exporter_bpf_says_what_is_missing_and_serves_root() {
+    let test = "unprivileged_exporter_bpf_says_what_is_missing_and_serves_root";
+    if !have_root(test) {
+        return;
+    }
+    let listen = "127.0.0.1:18098";
+    let mut exporter = Command::new(BIN)
+        .args(["exporter", "--bpf", "--listen", listen])
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fivetuple exporter as nobody");
+    let mut line = String::new();
+    BufReader::new(exporter.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    let body = scrape(listen);
+    let _ = exporter.kill();
+    let _ = exporter.wait();
+    let mut stderr = String::new();
+    exporter
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(body.contains("fivetuple_bpf_observer_loaded 0"), "{body}");
+    assert!(
+        body.contains("fivetuple_scrape_collector_success{collector=\"destinations\"} 1"),
+        "{body}"
+    );
+    assert!(
+        stderr.contains("--bpf") && stderr.contains("CAP_BPF"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("CAP_BPF (").count(),
+        1,
+        "said once: {stderr}"
+    );
+}
