@@ -5,7 +5,14 @@
 //! `build.rs` with clang into `$OUT_DIR/NAME.bpf.o` and embedded here
 //! ([`objects`]); each feature is one module that loads its object; [`probe`]
 //! says what a host lacks (privileges, cgroup v2, bpffs, kernel helpers) in
-//! words an operator can act on.
+//! words an operator can act on; [`cgroup`] holds the cgroup v2 and bpffs
+//! plumbing (the cgroup2 mount from `/proc/self/mountinfo`, transient cgroups
+//! removed on every path, entering a cgroup's network namespace).
+//!
+//! To add a program: write `src/bpf/NAME.bpf.c` (include `"vmlinux.h"` for
+//! CO-RE access to kernel structs; `build.rs` generates it), add its constant
+//! to [`objects`], and a module that loads it and maps
+//! [`probe::missing_helper`] and `EPERM` to [`probe::Missing`].
 //!
 //! # Why aya (and not libbpf-rs)
 //!

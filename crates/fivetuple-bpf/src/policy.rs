@@ -598,13 +598,8 @@ fn classify_program_error(name: &str, e: aya::programs::ProgramError) -> Error {
         verifier_log,
     } = &e
     {
-        let log = verifier_log.to_string();
-        if let Some(helper) = log
-            .lines()
-            .find_map(|l| l.split("unknown func ").nth(1))
-            .map(|h| h.split(['#', ' ']).next().unwrap_or(h).to_string())
-        {
-            return Error::Missing(MissingList(vec![Missing::Helper(helper)]));
+        if let Some(missing) = probe::missing_helper(&verifier_log.to_string()) {
+            return Error::Missing(MissingList(vec![missing]));
         }
         if io_error.raw_os_error() == Some(libc::EPERM) {
             return Error::Missing(MissingList(vec![Missing::CapBpf]));

@@ -126,6 +126,25 @@ pub fn tracing_missing(caps: u64) -> Vec<Missing> {
     missing
 }
 
+/// The helper a program load was refused for, from the verifier's log: the
+/// kernel lacks it (`unknown func bpf_bind#64`, `check_helper_call`) or does
+/// not offer it to this program type (`program of this type cannot use
+/// helper bpf_bind#64`).
+pub fn missing_helper(verifier_log: &str) -> Option<Missing> {
+    verifier_log.lines().find_map(|l| {
+        let (rest, why) = if let Some(r) = l.split("unknown func ").nth(1) {
+            (r, "")
+        } else {
+            (
+                l.split("cannot use helper ").nth(1)?,
+                " for this program type",
+            )
+        };
+        let name = rest.split(['#', ' ']).next().filter(|n| !n.is_empty())?;
+        Some(Missing::Helper(format!("{name}{why}")))
+    })
+}
+
 /// Where the cgroup v2 (unified) hierarchy is mounted, from
 /// `/proc/self/mountinfo`: `/sys/fs/cgroup` on pure v2 hosts,
 /// `/sys/fs/cgroup/unified` on hybrid ones. `None` when not mounted.
@@ -185,6 +204,23 @@ mod tests {
             mount_of_type(spaced, "bpf"),
             Some(PathBuf::from("/mnt/my bpf"))
         );
+    }
+
+    #[test]
+    fn names_the_helper_the_verifier_refused() {
+        let log = "0: R1=ctx() R10=fp0\n; return bpf_bind(ctx, ...)\n12: (85) call bpf_bind#64\nunknown func bpf_bind#64\nprocessed 12 insns";
+        assert_eq!(
+            missing_helper(log),
+            Some(Missing::Helper("bpf_bind".into()))
+        );
+        let log = "program of this type cannot use helper bpf_setsockopt#49";
+        let m = missing_helper(log).unwrap();
+        assert!(
+            m.to_string()
+                .contains("bpf_setsockopt for this program type"),
+            "{m}"
+        );
+        assert_eq!(missing_helper("R1 invalid mem access 'scalar'"), None);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Exit codes: `doctor` follows the monitoring-plugin convention (0 ok,
 //! 1 warning, 2 critical, 3 unknown). Bad arguments and errors exit 3.
-//! `repro` exits 0 when the experiment ran and 2 on bad arguments.
+//! `repro` exits 0 when the experiment ran, 2 on bad arguments, 3 on other
+//! errors, and 130/143 after Ctrl-C/SIGTERM (finished rows printed first).
 //! `exporter` and `trace` exit 0 on SIGINT/SIGTERM. `top` exits 0 on q and 2 when
 //! stdout is not a terminal.
 //! A broken pipe (e.g. `fivetuple doctor | head`) exits quietly.

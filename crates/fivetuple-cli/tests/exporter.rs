@@ -171,6 +171,65 @@ fn value_of(series: &Value) -> f64 {
     series["value"][1].as_str().unwrap().parse().unwrap()
 }
 
+/// A Prometheus server on 127.0.0.1:9090 (callers are in a fresh netns)
+/// scraping every second with `scrape_configs` (YAML, indented as a list
+/// under that key), its data and log in `dir`.
+struct Prometheus {
+    _child: Reaper,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, scrape_configs: &str) -> Prometheus {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"),
+        )
+        .unwrap();
+        let addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let log = dir.join("prometheus.log");
+        let child = Reaper(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("run prometheus"),
+        );
+        Prometheus {
+            _child: child,
+            addr,
+            log,
+        }
+    }
+
+    /// Polls every query (bounded: 40 s) until each has a result; returns
+    /// the last results, and the server's log for failure messages.
+    fn wait_for(&self, queries: &[&str]) -> (Vec<Vec<Value>>, String) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut results = vec![Vec::new(); queries.len()];
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            if TcpStream::connect(self.addr).is_err() {
+                continue;
+            }
+            results = queries.iter().map(|q| query(self.addr, q)).collect();
+            if results.iter().all(|r| !r.is_empty()) {
+                break;
+            }
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        (results, log)
+    }
+}
+
 #[test]
 fn netns_root_prometheus_scrapes_known_traffic() {
     let test = "netns_root_prometheus_scrapes_known_traffic";
@@ -196,47 +255,15 @@ fn netns_root_prometheus_scrapes_known_traffic() {
 
         let (_exporter, exp) = start_exporter(&["--listen", "127.0.0.1:19299"], |_| {});
         assert_eq!(exp.port(), 19299);
-        let config = dir.0.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fivetuple\n    static_configs:\n      - targets: ['{exp}']\n"
-            ),
-        )
-        .unwrap();
-        let prom_addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
-        let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
-        let _prom = Reaper(
-            Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.0.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={prom_addr}"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("run prometheus"),
+        let prom = Prometheus::start(
+            &dir.0,
+            &format!("  - job_name: fivetuple\n    static_configs:\n      - targets: ['{exp}']\n"),
         );
-
-        // Bounded wait: Prometheus starts, scrapes every second.
-        let deadline = Instant::now() + Duration::from_secs(40);
-        let mut util = Vec::new();
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            if TcpStream::connect(prom_addr).is_err() {
-                continue;
-            }
-            util = query(
-                prom_addr,
-                "fivetuple_destination_utilization_ratio{job=\"fivetuple\",remote_port=\"8080\"}",
-            );
-            if !util.is_empty() {
-                break;
-            }
-        }
-        let log = std::fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+        let prom_addr = prom.addr;
+        let (mut r, log) = prom.wait_for(&[
+            "fivetuple_destination_utilization_ratio{job=\"fivetuple\",remote_port=\"8080\"}",
+        ]);
+        let util = r.remove(0);
         assert_eq!(
             util.len(),
             1,
@@ -775,46 +802,19 @@ fn netns_root_prometheus_scrapes_over_tls_with_basic_auth() {
         let web = dir.0.join("web.yml");
         let (_e, exp) = start_exporter(&["--web.config.file", web.to_str().unwrap()], |_| {});
         let d = dir.0.display();
-        let config = dir.0.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fivetuple\n    scheme: https\n    tls_config:\n      ca_file: {d}/ca.crt\n      cert_file: {d}/client.crt\n      key_file: {d}/client.key\n    basic_auth:\n      username: prom\n      password: s3cret\n    static_configs:\n      - targets: ['{exp}']\n  - job_name: nopassword\n    scheme: https\n    tls_config:\n      ca_file: {d}/ca.crt\n      cert_file: {d}/client.crt\n      key_file: {d}/client.key\n    static_configs:\n      - targets: ['{exp}']\n"
+        let tls = format!("    scheme: https\n    tls_config:\n      ca_file: {d}/ca.crt\n      cert_file: {d}/client.crt\n      key_file: {d}/client.key\n");
+        let prom = Prometheus::start(
+            &dir.0,
+            &format!(
+                "  - job_name: fivetuple\n{tls}    basic_auth:\n      username: prom\n      password: s3cret\n    static_configs:\n      - targets: ['{exp}']\n  - job_name: nopassword\n{tls}    static_configs:\n      - targets: ['{exp}']\n"
             ),
-        )
-        .unwrap();
-        let prom_addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
-        let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
-        let _prom = Reaper(
-            Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.0.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={prom_addr}"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("run prometheus"),
         );
-        let deadline = Instant::now() + Duration::from_secs(40);
-        let (mut ok, mut up_nopw) = (Vec::new(), Vec::new());
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            if TcpStream::connect(prom_addr).is_err() {
-                continue;
-            }
-            ok = query(
-                prom_addr,
-                "fivetuple_scrape_collector_success{job=\"fivetuple\",collector=\"destinations\"}",
-            );
-            up_nopw = query(prom_addr, "up{job=\"nopassword\"}");
-            if !ok.is_empty() && !up_nopw.is_empty() {
-                break;
-            }
-        }
-        let log = std::fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+        let prom_addr = prom.addr;
+        let (mut r, log) = prom.wait_for(&[
+            "fivetuple_scrape_collector_success{job=\"fivetuple\",collector=\"destinations\"}",
+            "up{job=\"nopassword\"}",
+        ]);
+        let (ok, up_nopw) = (r.remove(0), r.remove(0));
         assert_eq!(
             ok.len(),
             1,
@@ -827,4 +827,184 @@ fn netns_root_prometheus_scrapes_over_tls_with_basic_auth() {
         assert_eq!(up_nopw.len(), 1, "{log}");
         assert_eq!(value_of(&up_nopw[0]), 0.0, "scraped without basic auth");
     });
+}
+
+/// Runs `ip ARGS`, asserting success.
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// In /run/netns/NAME: lo up, a listener on 127.0.0.1:`port` and `n`
+/// ESTABLISHED connections to it from `src`. The sockets keep working from
+/// any thread once made.
+fn populate(name: &str, port: u16, src: [u8; 4], n: usize) -> (TcpListener, Vec<TcpStream>) {
+    let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns moves only this thread; the fd is open.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            ip(&["link", "set", "lo", "up"]);
+            let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let mut keep = Vec::new();
+            for _ in 0..n {
+                keep.push(connect_from(src, l.local_addr().unwrap()));
+                keep.push(l.accept().unwrap().0);
+            }
+            (l, keep)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+fn collector_success(body: &str) -> Vec<Option<f64>> {
+    ["settings", "destinations", "counters"]
+        .iter()
+        .map(|c| {
+            sample(
+                body,
+                &format!("fivetuple_scrape_collector_success{{collector=\"{c}\"}}"),
+            )
+        })
+        .collect()
+}
+
+/// Stops the exporter and returns what it logged.
+fn stderr_of(mut e: Reaper) -> String {
+    let _ = e.0.kill();
+    let _ = e.0.wait();
+    let mut err = String::new();
+    let _ = e.0.stderr.take().unwrap().read_to_string(&mut err);
+    err
+}
+
+#[test]
+fn netns_root_a_recreated_netns_is_followed_and_a_gone_one_fails() {
+    let test = "netns_root_a_recreated_netns_is_followed_and_a_gone_one_fails";
+    if !have_root(test) {
+        return;
+    }
+    let name = format!("ft-follow-{}", std::process::id());
+    struct DelNetns(String);
+    impl Drop for DelNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _del = DelNetns(name.clone());
+    ip(&["netns", "add", &name]);
+    let first = populate(&name, 7070, [127, 0, 0, 3], 25);
+    let (e, addr) = start_exporter(&["--netns", &name], |_| {});
+    let est = |port: u16| {
+        format!("fivetuple_destination_sockets{{local_ip=\"127.0.0.3\",remote_ip=\"127.0.0.1\",remote_port=\"{port}\",state=\"ESTABLISHED\"}}")
+    };
+    let r = get(addr, "/metrics");
+    assert_eq!(sample(&r.body, &est(7070)), Some(25.0), "{}", r.body);
+
+    // Same name, new namespace: the exporter must read the new one.
+    ip(&["netns", "delete", &name]);
+    ip(&["netns", "add", &name]);
+    let second = populate(&name, 7071, [127, 0, 0, 3], 10);
+    let r = get(addr, "/metrics");
+    assert_eq!(sample(&r.body, &est(7071)), Some(10.0), "{}", r.body);
+    assert_eq!(
+        sample(&r.body, &est(7070)),
+        None,
+        "still the old namespace:\n{}",
+        r.body
+    );
+    assert_eq!(collector_success(&r.body), vec![Some(1.0); 3]);
+
+    // Name gone: every collector fails, no stale destination is served.
+    ip(&["netns", "delete", &name]);
+    let r = get(addr, "/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(collector_success(&r.body), vec![Some(0.0); 3], "{}", r.body);
+    assert!(!r.body.contains("fivetuple_destination_"), "{}", r.body);
+    let err = stderr_of(e);
+    assert!(err.contains("network namespace is now net:["), "{err}");
+    assert!(
+        err.contains(&format!("no network namespace named \"{name}\"")),
+        "{err}"
+    );
+    drop((first, second));
+
+    // --pid: a process in a namespace of its own, then gone.
+    let mut sleeper = Command::new("unshare")
+        .args(["--net", "sleep", "60"])
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let pid = sleeper.id();
+    // Bounded wait for unshare to exec sleep inside the new namespace.
+    let me = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .as_ref()
+        == Some(&me)
+    {
+        assert!(Instant::now() < deadline, "unshare never moved");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (e, addr) = start_exporter(&["--pid", &pid.to_string()], |_| {});
+    let r = get(addr, "/metrics");
+    assert_eq!(collector_success(&r.body), vec![Some(1.0); 3], "{}", r.body);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let r = get(addr, "/metrics");
+    assert_eq!(collector_success(&r.body), vec![Some(0.0); 3], "{}", r.body);
+    assert!(!r.body.contains("fivetuple_usable_ports"), "{}", r.body);
+    let err = stderr_of(e);
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("the process has exited"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stdout_closed_or_full_exits_3_naming_stdout() {
+    // Closed: the read end of the pipe is gone before the exporter writes.
+    let (r, w) = std::io::pipe().unwrap();
+    drop(r);
+    let out = Command::new(BIN)
+        .args(["exporter", "--listen", "127.0.0.1:0"])
+        .stdout(w)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot write to stdout"), "{err}");
+    assert!(err.contains("not serving"), "{err}");
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for args in [
+        &["exporter", "--listen", "127.0.0.1:0"][..],
+        &["doctor"][..],
+        &["doctor", "--json"][..],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .stdout(full())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot write to stdout: No space left on device"),
+            "{args:?}: {err}"
+        );
+    }
 }

@@ -175,6 +175,23 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Root and each (tool, package) of `tools`; see `have_root` and `have_tool`.
+fn ready(test: &str, tools: &[(&str, &str)]) -> bool {
+    have_root(test)
+        && tools
+            .iter()
+            .all(|(tool, package)| have_tool(test, tool, package))
+}
+
+/// `fivetuple run POLICY_ARGS --stats --cgroup-parent PARENT -- CMD`.
+fn run_in(parent: &str, policy_args: &[&str], cmd: &[&str]) -> Output {
+    let mut args = vec!["run"];
+    args.extend_from_slice(policy_args);
+    args.extend_from_slice(&["--stats", "--cgroup-parent", parent, "--"]);
+    args.extend_from_slice(cmd);
+    fivetuple(&args)
+}
+
 /// A cgroup for this test under the test process's own cgroup; removed (its
 /// processes killed) on drop.
 fn test_cgroup(tag: &str) -> Transient {
@@ -272,7 +289,7 @@ fn unmodified_client_gets_rotation(
 #[test]
 fn netns_root_curl_loop_3000_calls_zero_failures_under_rotate() {
     let test = "netns_root_curl_loop_3000_calls_zero_failures_under_rotate";
-    if !have_root(test) || !have_tool(test, "curl", "curl") || !have_tool(test, "nginx", "nginx") {
+    if !ready(test, &[("curl", "curl"), ("nginx", "nginx")]) {
         return;
     }
     unmodified_client_gets_rotation(
@@ -290,10 +307,7 @@ fn netns_root_curl_loop_3000_calls_zero_failures_under_rotate() {
 #[test]
 fn netns_root_python_http_client_5000_calls_zero_failures_under_rotate() {
     let test = "netns_root_python_http_client_5000_calls_zero_failures_under_rotate";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     let script = clients_dir().join("churn.py");
@@ -345,11 +359,10 @@ fn build_static_go_client() -> PathBuf {
 #[test]
 fn netns_root_static_go_binary_5000_calls_zero_failures_under_rotate() {
     let test = "netns_root_static_go_binary_5000_calls_zero_failures_under_rotate";
-    if !have_root(test)
-        || !have_tool(test, "go", "golang-go")
-        || !have_tool(test, "nginx", "nginx")
-        || !have_tool(test, "file", "file")
-    {
+    if !ready(
+        test,
+        &[("go", "golang-go"), ("nginx", "nginx"), ("file", "file")],
+    ) {
         return;
     }
     let bin = build_static_go_client();
@@ -369,8 +382,7 @@ fn netns_root_static_go_binary_5000_calls_zero_failures_under_rotate() {
 #[test]
 fn netns_root_nodejs_5000_calls_zero_failures_under_rotate() {
     let test = "netns_root_nodejs_5000_calls_zero_failures_under_rotate";
-    if !have_root(test) || !have_tool(test, "node", "nodejs") || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("node", "nodejs"), ("nginx", "nginx")]) {
         return;
     }
     let script = clients_dir().join("churn.js");
@@ -395,10 +407,7 @@ fn netns_root_nodejs_5000_calls_zero_failures_under_rotate() {
 #[test]
 fn netns_root_spread_over_8_sources_multiplies_the_budget_by_8() {
     let test = "netns_root_spread_over_8_sources_multiplies_the_budget_by_8";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     in_box("spread", &[], |nginx| {
@@ -406,20 +415,11 @@ fn netns_root_spread_over_8_sources_multiplies_the_budget_by_8() {
         let script = clients_dir().join("churn.py").display().to_string();
         let n = "1000";
         let run = |spec: &str| {
-            let out = fivetuple(&[
-                "run",
-                "--policy",
-                spec,
-                "--stats",
-                "--cgroup-parent",
+            let out = run_in(
                 parent.path().to_str().unwrap(),
-                "--",
-                "python3",
-                &script,
-                "127.0.0.1",
-                "8080",
-                n,
-            ]);
+                &["--policy", spec],
+                &["python3", &script, "127.0.0.1", "8080", n],
+            );
             assert!(out.status.success(), "{spec}: {}", text(&out));
             calls(&out.stdout)
         };
@@ -552,11 +552,14 @@ impl Drop for Service {
 #[test]
 fn netns_root_attach_changes_a_running_process_ports_and_detach_restores() {
     let test = "netns_root_attach_changes_a_running_process_ports_and_detach_restores";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-        || !have_tool(test, "bpftool", "bpftool")
-    {
+    if !ready(
+        test,
+        &[
+            ("python3", "python3"),
+            ("nginx", "nginx"),
+            ("bpftool", "bpftool"),
+        ],
+    ) {
         return;
     }
     in_box("attach", &[], |nginx| {
@@ -656,33 +659,49 @@ fn netns_root_attach_changes_a_running_process_ports_and_detach_restores() {
     });
 }
 
-fn fivetuple_programs_loaded() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool");
-    String::from_utf8_lossy(&out.stdout)
+/// The ids of the BPF programs attached to `cgroup` (`bpftool cgroup show`).
+fn attached_program_ids(cgroup: &Path) -> Vec<u32> {
+    bpftool_cgroup_show(cgroup)
         .lines()
-        .filter(|l| l.contains("fivetuple_conn"))
-        .map(str::to_string)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect()
 }
 
-/// After `run` ends by each path (CMD exits 0 or 1, fivetuple gets SIGTERM
-/// or SIGINT and forwards it, the child is SIGKILLed), no cgroup, program
-/// or attachment remains, and the exit code is CMD's.
+/// The programs of `ids` still in the kernel after up to 10 s: it frees a
+/// program whose last reference went asynchronously (RCU, a workqueue).
+fn programs_left(ids: &[u32]) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ids.iter().any(|id| program_exists(*id)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ids.iter()
+        .copied()
+        .filter(|id| program_exists(*id))
+        .collect()
+}
+
+/// True while the kernel still has the program with this id.
+fn program_exists(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .output()
+        .expect("bpftool")
+        .status
+        .success()
+}
+
+/// After `run` ends by each path (CMD exits 0, 1 or 7, fivetuple gets
+/// SIGTERM or SIGINT and forwards it, the child is SIGKILLed), no cgroup,
+/// attachment or program remains, and the exit code is CMD's. The programs
+/// are identified by the ids attached to the transient cgroup while CMD ran,
+/// so other BPF users on the machine do not matter.
 #[test]
 fn root_run_leaves_nothing_behind_on_every_exit_path() {
     let test = "root_run_leaves_nothing_behind_on_every_exit_path";
-    if !have_root(test) || !have_tool(test, "bpftool", "bpftool") {
+    if !ready(test, &[("bpftool", "bpftool")]) {
         return;
     }
     let _serial = serial();
-    assert_eq!(
-        fivetuple_programs_loaded(),
-        Vec::<String>::new(),
-        "fivetuple programs loaded before the test"
-    );
     let parent = test_cgroup("cleanup-parent");
     let subdirs = || -> Vec<PathBuf> {
         std::fs::read_dir(parent.path())
@@ -692,7 +711,7 @@ fn root_run_leaves_nothing_behind_on_every_exit_path() {
             .filter(|p| p.is_dir())
             .collect()
     };
-    let spawn = |cmd: &[&str]| -> Child {
+    let spawn = |cmd: &str| -> Child {
         Command::new(BIN)
             .args([
                 "run",
@@ -701,55 +720,60 @@ fn root_run_leaves_nothing_behind_on_every_exit_path() {
                 "--cgroup-parent",
                 parent.path().to_str().unwrap(),
                 "--",
+                "sh",
+                "-c",
+                cmd,
             ])
-            .args(cmd)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let wait_running = |child: &mut Child| {
-        // The child runs once the transient cgroup has a process and the programs are in.
+    // CMD is running in the transient cgroup with the programs attached:
+    // returns their ids.
+    let wait_running = |child: &mut Child| -> Vec<u32> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let busy = subdirs().iter().any(|d| {
-                std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
-            });
-            if busy && !fivetuple_programs_loaded().is_empty() {
-                return;
+            for d in subdirs() {
+                let busy = std::fs::read_to_string(d.join("cgroup.procs"))
+                    .is_ok_and(|s| !s.trim().is_empty());
+                let ids = attached_program_ids(&d);
+                if busy && ids.len() == 2 {
+                    return ids;
+                }
             }
             assert!(child.try_wait().unwrap().is_none(), "run ended early");
             assert!(Instant::now() < deadline, "run's child never started");
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let mut cases: Vec<(&str, i32)> = Vec::new();
+    // Each CMD sleeps first, so its programs can be seen while it runs.
     for (name, cmd, signal, expected) in [
-        ("exit 0", vec!["true"], None, 0),
-        ("exit 1", vec!["false"], None, 1),
-        ("exit 7", vec!["sh", "-c", "exit 7"], None, 7),
+        ("exit 0", "sleep 1; true", None, 0),
+        ("exit 1", "sleep 1; false", None, 1),
+        ("exit 7", "sleep 1; exit 7", None, 7),
         (
             "SIGTERM to run",
-            vec!["sleep", "30"],
+            "sleep 30",
             Some(libc::SIGTERM),
             128 + libc::SIGTERM,
         ),
         (
             "SIGINT to run",
-            vec!["sleep", "30"],
+            "sleep 30",
             Some(libc::SIGINT),
             128 + libc::SIGINT,
         ),
         (
             "SIGKILL of the child",
-            vec!["sh", "-c", "kill -9 $$"],
+            "sleep 1; kill -9 $$",
             None,
             128 + libc::SIGKILL,
         ),
     ] {
-        let mut child = spawn(&cmd);
+        let mut child = spawn(cmd);
+        let ids = wait_running(&mut child);
         if let Some(sig) = signal {
-            wait_running(&mut child);
             // SAFETY: kill(2) on our own unreaped child.
             unsafe { libc::kill(child.id() as i32, sig) };
         }
@@ -773,24 +797,22 @@ fn root_run_leaves_nothing_behind_on_every_exit_path() {
             "{name}: a cgroup was left"
         );
         assert_eq!(
-            fivetuple_programs_loaded(),
-            Vec::<String>::new(),
-            "{name}: a program was left"
+            programs_left(&ids),
+            Vec::<u32>::new(),
+            "{name}: programs {ids:?} were left"
         );
         assert!(
-            !bpftool_cgroup_show(parent.path()).contains("fivetuple"),
+            attached_program_ids(parent.path()).is_empty(),
             "{name}: an attachment was left"
         );
-        cases.push((name, expected));
     }
-    assert_eq!(cases.len(), 6);
 }
 
 /// Without privileges `run` refuses with exit 3 and names what is missing.
 #[test]
 fn root_run_unprivileged_is_refused_with_exit_3_naming_the_capabilities() {
     let test = "root_run_unprivileged_is_refused_with_exit_3_naming_the_capabilities";
-    if !have_root(test) || !have_tool(test, "setpriv", "util-linux") {
+    if !ready(test, &[("setpriv", "util-linux")]) {
         return;
     }
     // A copy nobody can execute whatever the permissions on the target dir.
@@ -826,7 +848,7 @@ fn root_run_unprivileged_is_refused_with_exit_3_naming_the_capabilities() {
 #[test]
 fn netns_root_window_is_tried_and_refused_clearly_or_applied() {
     let test = "netns_root_window_is_tried_and_refused_clearly_or_applied";
-    if !have_root(test) || !have_tool(test, "curl", "curl") || !have_tool(test, "nginx", "nginx") {
+    if !ready(test, &[("curl", "curl"), ("nginx", "nginx")]) {
         return;
     }
     in_box("window", &[], |_nginx| {
@@ -913,10 +935,7 @@ fn stats_of(stderr: &[u8]) -> String {
 #[test]
 fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
     let test = "netns_root_only_filter_bound_sockets_and_udp_are_left_alone";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     in_box("left-alone", &[], |_nginx| {
@@ -924,22 +943,11 @@ fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
         let p = parent.path().to_str().unwrap().to_string();
         let script = clients_dir().join("churn.py").display().to_string();
         // The filter names another port: nginx's calls keep the kernel's ports.
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            ROTATE,
-            "--only",
-            "127.0.0.1:9999",
-            "--stats",
-            "--cgroup-parent",
+        let out = run_in(
             &p,
-            "--",
-            "python3",
-            &script,
-            "127.0.0.1",
-            "8080",
-            "20",
-        ]);
+            &["--policy", ROTATE, "--only", "127.0.0.1:9999"],
+            &["python3", &script, "127.0.0.1", "8080", "20"],
+        );
         assert!(out.status.success(), "{}", text(&out));
         let c = calls(&out.stdout);
         assert_eq!(c.ports.len(), 20);
@@ -955,22 +963,11 @@ fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
             text(&out)
         );
         // Inside the filter (network and port), the policy applies.
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            ROTATE,
-            "--only",
-            "127.0.0.0/8:8080",
-            "--stats",
-            "--cgroup-parent",
+        let out = run_in(
             &p,
-            "--",
-            "python3",
-            &script,
-            "127.0.0.1",
-            "8080",
-            "20",
-        ]);
+            &["--policy", ROTATE, "--only", "127.0.0.0/8:8080"],
+            &["python3", &script, "127.0.0.1", "8080", "20"],
+        );
         let c = calls(&out.stdout);
         assert!(
             c.ports.len() == 20 && c.ports.iter().all(|p| ROT.contains(p)),
@@ -981,18 +978,7 @@ fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
         let client = "import http.client, socket\n\
             c = http.client.HTTPConnection('127.0.0.1', 8080, source_address=('127.0.0.1', 0)); c.request('GET', '/'); c.getresponse().read(); print(c.sock.getsockname()[1]); c.close()\n\
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(('127.0.0.1', 8080)); print(u.getsockname()[1])";
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            ROTATE,
-            "--stats",
-            "--cgroup-parent",
-            &p,
-            "--",
-            "python3",
-            "-c",
-            client,
-        ]);
+        let out = run_in(&p, &["--policy", ROTATE], &["python3", "-c", client]);
         assert!(out.status.success(), "{}", text(&out));
         let ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -1019,28 +1005,17 @@ fn netns_root_only_filter_bound_sockets_and_udp_are_left_alone() {
 #[test]
 fn netns_root_without_timestamps_rotation_runs_out_like_the_kernel() {
     let test = "netns_root_without_timestamps_rotation_runs_out_like_the_kernel";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     in_box("no-timestamps", &[("tcp_timestamps", "0")], |_nginx| {
         let parent = test_cgroup("no-timestamps-parent");
         let script = clients_dir().join("churn.py").display().to_string();
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            "rotate:20000-20099",
-            "--cgroup-parent",
+        let out = run_in(
             parent.path().to_str().unwrap(),
-            "--",
-            "python3",
-            &script,
-            "127.0.0.1",
-            "8080",
-            "300",
-        ]);
+            &["--policy", "rotate:20000-20099"],
+            &["python3", &script, "127.0.0.1", "8080", "300"],
+        );
         assert!(out.status.success(), "{}", text(&out));
         let c = calls(&out.stdout);
         assert!(
@@ -1078,6 +1053,8 @@ fn root_detach_after_the_cgroup_is_gone_removes_the_pins() {
         root_s,
     ]);
     assert!(out.status.success(), "{}", text(&out));
+    let ids = attached_program_ids(group.path());
+    assert_eq!(ids.len(), 2, "{ids:?}");
     group.remove().unwrap();
     let listed = fivetuple(&["attached", "--pin-root", root_s]);
     assert!(
@@ -1089,9 +1066,9 @@ fn root_detach_after_the_cgroup_is_gone_removes_the_pins() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "pins left");
     assert_eq!(
-        fivetuple_programs_loaded(),
-        Vec::<String>::new(),
-        "a program was left"
+        programs_left(&ids),
+        Vec::<u32>::new(),
+        "programs {ids:?} were left"
     );
 }
 
@@ -1100,22 +1077,29 @@ fn root_detach_after_the_cgroup_is_gone_removes_the_pins() {
 #[test]
 fn netns_root_repro_attach_remedy_holds_where_naive_fails() {
     let test = "netns_root_repro_attach_remedy_holds_where_naive_fails";
-    if !have_root(test) || !have_tool(test, "bpftool", "bpftool") {
+    if !ready(test, &[("bpftool", "bpftool")]) {
         return;
     }
     let _serial = serial();
-    let out = fivetuple(&[
-        "repro",
-        "--only",
-        "naive,attach",
-        "--ports",
-        "100",
-        "--rate",
-        "100",
-        "--duration",
-        "3s",
-        "--json",
-    ]);
+    let child = Command::new(BIN)
+        .args([
+            "repro",
+            "--only",
+            "naive,attach",
+            "--ports",
+            "100",
+            "--rate",
+            "100",
+            "--duration",
+            "3s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fivetuple repro");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = |name: &str| {
@@ -1131,54 +1115,37 @@ fn netns_root_repro_attach_remedy_holds_where_naive_fails() {
     assert!(naive["failed"].as_u64().unwrap() > 0, "naive: {naive}");
     assert_eq!(attach["failed"].as_u64(), Some(0), "attach: {attach}");
     assert_eq!(attach["ok"], attach["calls"], "attach: {attach}");
-    assert_eq!(
-        fivetuple_programs_loaded(),
-        Vec::<String>::new(),
-        "a program was left"
-    );
+    // The hook's cgroup (named after repro's pid) is gone, and with it the
+    // attachment: repro's process, which held the programs, has exited.
     let home = own_cgroup().unwrap();
+    let prefix = format!("fivetuple-repro-{}-", pid);
     let left: Vec<_> = std::fs::read_dir(&home)
         .unwrap()
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("fivetuple-repro-")
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .collect();
     assert!(left.is_empty(), "repro left cgroups: {left:?}");
 }
 
 /// The connect6 program: rotation applies to an IPv6 destination, and a
 /// spread with IPv4 sources only leaves it to the kernel (counted as
-/// no_source), as the library's policy gives up on it.
+/// no_source), as the library's policy gives up on it; a v4-mapped
+/// destination on a dual-stack socket gets an IPv4 source.
 #[test]
 fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_alone() {
     let test = "netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_alone";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-    {
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
         return;
     }
     in_box("ipv6", &[], |nginx| {
         let parent = test_cgroup("ipv6-parent");
         let p = parent.path().to_str().unwrap().to_string();
         let script = clients_dir().join("churn.py").display().to_string();
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            ROTATE,
-            "--stats",
-            "--cgroup-parent",
+        let out = run_in(
             &p,
-            "--",
-            "python3",
-            &script,
-            "::1",
-            "8080",
-            "300",
-        ]);
+            &["--policy", ROTATE],
+            &["python3", &script, "::1", "8080", "300"],
+        );
         assert!(out.status.success(), "{}", text(&out));
         let c = calls(&out.stdout);
         assert_eq!((c.ports.len(), c.failures), (300, 0), "{:?}", c.first_error);
@@ -1189,20 +1156,11 @@ fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_al
             "nginx saw {:?}",
             &seen[..seen.len().min(5)]
         );
-        let out = fivetuple(&[
-            "run",
-            "--policy",
-            "spread:127.0.0.2-127.0.0.3",
-            "--stats",
-            "--cgroup-parent",
+        let out = run_in(
             &p,
-            "--",
-            "python3",
-            &script,
-            "::1",
-            "8080",
-            "5",
-        ]);
+            &["--policy", "spread:127.0.0.2-127.0.0.3"],
+            &["python3", &script, "::1", "8080", "5"],
+        );
         let c = calls(&out.stdout);
         assert!(
             c.ports.len() == 5 && c.ports.iter().all(|p| KERNEL_RANGE.contains(p)),
@@ -1214,6 +1172,36 @@ fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_al
             "{}",
             text(&out)
         );
+        // A dual-stack IPv6 socket to ::ffff:127.0.0.1 is an IPv4 connect:
+        // it gets an IPv4 source of the spread, as the peer sees.
+        let mapped = "import socket\n\
+            for _ in range(4):\n\
+            \x20s = socket.socket(socket.AF_INET6); s.connect(('::ffff:127.0.0.1', 8080))\n\
+            \x20s.sendall(b'GET / HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n'); s.recv(4096); print(s.getsockname()[0], s.getsockname()[1]); s.close()";
+        let out = run_in(
+            &p,
+            &["--policy", "spread:127.0.0.2-127.0.0.3"],
+            &["python3", "-c", mapped],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let sources: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        assert_eq!(
+            sources,
+            ["::ffff:127.0.0.2", "::ffff:127.0.0.3"]
+                .map(String::from)
+                .into(),
+            "{}",
+            text(&out)
+        );
+        let seen = nginx.seen(309);
+        let last: std::collections::BTreeSet<&str> = seen[seen.len() - 4..]
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect();
+        assert_eq!(last, ["127.0.0.2", "127.0.0.3"].into(), "nginx saw");
     });
 }
 
@@ -1224,11 +1212,14 @@ fn netns_root_ipv6_destinations_rotate_and_spread_without_a_v6_source_is_left_al
 #[test]
 fn netns_root_attach_from_another_namespace_skips_the_targets_reserved_ports() {
     let test = "netns_root_attach_from_another_namespace_skips_the_targets_reserved_ports";
-    if !have_root(test)
-        || !have_tool(test, "python3", "python3")
-        || !have_tool(test, "nginx", "nginx")
-        || !have_tool(test, "nsenter", "util-linux")
-    {
+    if !ready(
+        test,
+        &[
+            ("python3", "python3"),
+            ("nginx", "nginx"),
+            ("nsenter", "util-linux"),
+        ],
+    ) {
         return;
     }
     let host_netns = format!("/proc/{}/ns/net", std::process::id());
@@ -1276,4 +1267,62 @@ fn netns_root_attach_from_another_namespace_skips_the_targets_reserved_ports() {
             );
         },
     );
+}
+
+/// One shared counter for every process of the cgroup: 8 clients at once
+/// over a 100-port range that wraps 20 times. Every port stays in the range
+/// and none is handed out more than its share (a lost or repeated increment
+/// of the counter would give some port a 21st use).
+#[test]
+fn netns_root_rotation_is_shared_and_even_across_concurrent_processes() {
+    let test = "netns_root_rotation_is_shared_and_even_across_concurrent_processes";
+    if !ready(test, &[("python3", "python3"), ("nginx", "nginx")]) {
+        return;
+    }
+    in_box("concurrent", &[], |nginx| {
+        let parent = test_cgroup("concurrent-parent");
+        let script = clients_dir().join("churn.py").display().to_string();
+        // One output file per client: concurrent writes to one pipe interleave.
+        let dir = std::env::temp_dir().join(format!("fivetuple-concurrent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let all = format!("for i in 1 2 3 4 5 6 7 8; do python3 {script} 127.0.0.1 8080 250 > {d}/$i.out & done; wait; cat {d}/*.out");
+        let out = run_in(
+            parent.path().to_str().unwrap(),
+            &["--policy", "rotate:20000-20099"],
+            &["sh", "-c", &all],
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(out.status.success(), "{}", text(&out));
+        let c = calls(&out.stdout);
+        assert_eq!(c.ports.len() + c.failures, 2000);
+        assert!(
+            c.failures <= 10,
+            "{} failed: {:?}",
+            c.failures,
+            c.first_error
+        );
+        assert!(
+            stats_of(&out.stderr).contains("connects 2000 binds 2000"),
+            "{}",
+            text(&out)
+        );
+        let mut per_port = std::collections::BTreeMap::<u16, usize>::new();
+        for p in &c.ports {
+            *per_port.entry(*p).or_default() += 1;
+        }
+        assert!(
+            per_port.keys().all(|p| (20000..=20099).contains(p)),
+            "{per_port:?}"
+        );
+        assert!(
+            per_port.values().all(|n| *n <= 20),
+            "a port used more than 20 times: {per_port:?}"
+        );
+        assert_eq!(per_port.len(), 100, "every port used");
+        assert!(nginx
+            .seen(c.ports.len())
+            .iter()
+            .all(|(_, p)| (20000..=20099).contains(p)));
+    });
 }

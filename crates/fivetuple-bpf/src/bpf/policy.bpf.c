@@ -185,12 +185,57 @@ static __always_inline int window(struct bpf_sock_addr *ctx, const struct ft_con
 	return 1;
 }
 
-SEC("cgroup/connect4")
-int fivetuple_connect4(struct bpf_sock_addr *ctx)
+// The configuration when the connect is TCP, else NULL (UDP is left alone
+// and not counted).
+static __always_inline struct ft_config *tcp_config(struct bpf_sock_addr *ctx)
 {
 	__u32 key = 0;
 	struct ft_config *c = bpf_map_lookup_elem(&ft_config, &key);
-	if (!c || ctx->type != SOCK_STREAM)
+	if (!c || ctx->type != SOCK_STREAM || !ctx->sk)
+		return 0;
+	return c;
+}
+
+// Counts a connect the policy applies to and decides: 0 to bind source
+// `*si` (with `nsrc` sources of the family) and `*port` (0: any), 1 to
+// leave the socket to the kernel. `family` is 0 for IPv4, 1 for IPv6.
+static __always_inline int decide(struct bpf_sock_addr *ctx, const struct ft_config *c,
+				  __u32 family, __u32 nsrc, __u32 *si, __u16 *port)
+{
+	count(FT_STAT_CONNECTS);
+	if (c->kind == FT_KERNEL)
+		return 1;
+	if (c->kind == FT_WINDOW) {
+		if (family == 0)
+			return window(ctx, c);
+		count(FT_STAT_SETSOCKOPT_ERRORS); // IP_LOCAL_PORT_RANGE is an IPv4-level option
+		return 1;
+	}
+	if ((c->kind == FT_SPREAD || c->kind == FT_SPREAD_ROTATE) && nsrc == 0) {
+		count(FT_STAT_NO_SOURCE);
+		return 1;
+	}
+	return pick(c, family, c->kind == FT_ROTATE ? 0 : nsrc, si, port) ? 1 : 0;
+}
+
+// SO_REUSEADDR for an explicit port, then bpf_bind, counted.
+static __always_inline int bind_counted(struct bpf_sock_addr *ctx, struct sockaddr *sa, int len,
+					__u16 port)
+{
+	if (port && reuseaddr(ctx))
+		return 1;
+	if (bpf_bind(ctx, sa, len))
+		count(FT_STAT_BIND_ERRORS);
+	else
+		count(FT_STAT_BINDS);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int fivetuple_connect4(struct bpf_sock_addr *ctx)
+{
+	struct ft_config *c = tcp_config(ctx);
+	if (!c)
 		return 1;
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
@@ -203,18 +248,9 @@ int fivetuple_connect4(struct bpf_sock_addr *ctx)
 		count(FT_STAT_FILTERED);
 		return 1;
 	}
-	count(FT_STAT_CONNECTS);
-	if (c->kind == FT_KERNEL)
-		return 1;
-	if (c->kind == FT_WINDOW)
-		return window(ctx, c);
-	if ((c->kind == FT_SPREAD || c->kind == FT_SPREAD_ROTATE) && c->nsrc4 == 0) {
-		count(FT_STAT_NO_SOURCE);
-		return 1;
-	}
 	__u32 si = 0;
 	__u16 port = 0;
-	if (pick(c, 0, c->kind == FT_ROTATE ? 0 : c->nsrc4, &si, &port))
+	if (decide(ctx, c, 0, c->nsrc4, &si, &port))
 		return 1;
 	struct sockaddr_in sa = {};
 	sa.sin_family = AF_INET;
@@ -225,21 +261,14 @@ int fivetuple_connect4(struct bpf_sock_addr *ctx)
 			return 1;
 		sa.sin_addr.s_addr = *a;
 	}
-	if (port && reuseaddr(ctx))
-		return 1;
-	if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)))
-		count(FT_STAT_BIND_ERRORS);
-	else
-		count(FT_STAT_BINDS);
-	return 1;
+	return bind_counted(ctx, (struct sockaddr *)&sa, sizeof(sa), port);
 }
 
 SEC("cgroup/connect6")
 int fivetuple_connect6(struct bpf_sock_addr *ctx)
 {
-	__u32 key = 0;
-	struct ft_config *c = bpf_map_lookup_elem(&ft_config, &key);
-	if (!c || ctx->type != SOCK_STREAM)
+	struct ft_config *c = tcp_config(ctx);
+	if (!c)
 		return 1;
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
@@ -257,21 +286,9 @@ int fivetuple_connect6(struct bpf_sock_addr *ctx)
 		count(FT_STAT_FILTERED);
 		return 1;
 	}
-	count(FT_STAT_CONNECTS);
-	if (c->kind == FT_KERNEL)
-		return 1;
-	if (c->kind == FT_WINDOW) {
-		count(FT_STAT_SETSOCKOPT_ERRORS); // IP_LOCAL_PORT_RANGE is an IPv4-level option
-		return 1;
-	}
-	__u32 nsrc = mapped ? c->nsrc4 : c->nsrc6;
-	if ((c->kind == FT_SPREAD || c->kind == FT_SPREAD_ROTATE) && nsrc == 0) {
-		count(FT_STAT_NO_SOURCE);
-		return 1;
-	}
 	__u32 si = 0;
 	__u16 port = 0;
-	if (pick(c, mapped ? 0 : 1, c->kind == FT_ROTATE ? 0 : nsrc, &si, &port))
+	if (decide(ctx, c, mapped ? 0 : 1, mapped ? c->nsrc4 : c->nsrc6, &si, &port))
 		return 1;
 	struct sockaddr_in6 sa = {};
 	sa.sin6_family = AF_INET6;
@@ -293,13 +310,7 @@ int fivetuple_connect6(struct bpf_sock_addr *ctx)
 			sa.sin6_addr.in6_u.u6_addr32[3] = a->addr[3];
 		}
 	}
-	if (port && reuseaddr(ctx))
-		return 1;
-	if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)))
-		count(FT_STAT_BIND_ERRORS);
-	else
-		count(FT_STAT_BINDS);
-	return 1;
+	return bind_counted(ctx, (struct sockaddr *)&sa, sizeof(sa), port);
 }
 
 char LICENSE[] SEC("license") = "GPL";
