@@ -108,6 +108,11 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     let cfg = Config::resolve(args)?;
     let (reader, interval) = (cfg.reader, cfg.interval);
+    let attribution = if cfg.processes {
+        crate::doctor_bpf::start(&cfg.target, interval)
+    } else {
+        crate::doctor_bpf::Attribution::Off
+    };
     let scans = netns::run_in(&cfg.target, move || -> Result<_, ScanError> {
         if interval.is_zero() {
             return Ok((None, fivetuple_scan::snapshot(reader)?));
@@ -131,17 +136,18 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
             .collect();
         procs::find_owners(&wanted)
     });
-    let analysis = model::analyze(
+    let mut analysis = model::analyze(
         before.as_ref().map(|b| (b, interval)),
         &now,
         owners.as_ref(),
         cfg.thresholds,
     );
+    let bpf = crate::doctor_bpf::finish(attribution, interval, &now, &mut analysis)?;
     let code = exit_code(analysis.status);
     if cfg.json {
-        write_json(out, &cfg, &now, &analysis, code)?;
+        write_json(out, &cfg, &now, &analysis, code, bpf.as_ref())?;
     } else {
-        write_report(out, &cfg, &now, &analysis, code)?;
+        write_report(out, &cfg, &now, &analysis, code, bpf.as_ref())?;
     }
     Ok(code)
 }
@@ -178,6 +184,9 @@ struct JsonDoc<'a> {
     destinations: &'a [Destination],
     findings: &'a [model::Finding],
     notes: &'a [String],
+    /// BPF attribution during the interval (docs/trace.md); absent with `--interval 0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bpf: Option<&'a crate::doctor_bpf::Report>,
 }
 
 #[derive(Serialize)]
@@ -208,6 +217,7 @@ fn write_json(
     now: &Snapshot,
     a: &Analysis,
     code: u8,
+    bpf: Option<&crate::doctor_bpf::Report>,
 ) -> Result<()> {
     let doc = JsonDoc {
         schema_version: SCHEMA_VERSION,
@@ -235,6 +245,7 @@ fn write_json(
         destinations: shown(cfg, a),
         findings: &a.findings,
         notes: &a.notes,
+        bpf,
     };
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;
@@ -251,6 +262,7 @@ fn write_report(
     now: &Snapshot,
     a: &Analysis,
     code: u8,
+    bpf: Option<&crate::doctor_bpf::Report>,
 ) -> Result<()> {
     let s = &now.settings;
     let t = &a.totals;
@@ -443,6 +455,9 @@ fn write_report(
         for adv in &f.advice {
             writeln!(out, "           -> {adv}")?;
         }
+    }
+    if let Some(report) = bpf {
+        crate::doctor_bpf::write_section(out, report)?;
     }
     if !a.notes.is_empty() {
         writeln!(out, "\nNotes")?;

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod attach;
 mod doctor;
+mod doctor_bpf;
 mod exporter;
 mod repro;
 mod run;
