@@ -372,3 +372,110 @@ fn doctor_names_time_wait_owners_and_failures_from_bpf_root() {
         assert!(notes.contains("come from BPF"), "{notes}");
     });
 }
+
+/// GET `path` from a local HTTP server (HTTP/1.0: the body ends at close).
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+#[test]
+fn prometheus_fires_the_exhaustion_alert_from_a_real_scrape_root() {
+    let test = "prometheus_fires_the_exhaustion_alert_from_a_real_scrape_root";
+    if !have_root(test)
+        || !have_tool(test, "curl", "curl")
+        || !have_tool(test, "prometheus", "prometheus")
+    {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("fivetuple-trace-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/prometheus/alerts.yml")
+        .canonicalize()
+        .unwrap();
+    in_fresh_netns(|| {
+        sysctl("ip_local_port_range", "40000 40099");
+        sysctl("tcp_tw_reuse", "0");
+        let (_listener, port) = upstream();
+        let listen = "127.0.0.1:18097";
+        let mut exporter = Command::new(BIN)
+            .args(["exporter", "--bpf", "--listen", listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run fivetuple exporter");
+        let mut line = String::new();
+        BufReader::new(exporter.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: fivetuple\n    static_configs:\n      - targets: ['{listen}']\n",
+                rules.display()
+            ),
+        )
+        .unwrap();
+        let mut prometheus = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg("--web.listen-address=127.0.0.1:19090")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("run prometheus");
+        // Let Prometheus scrape the exporter before any failure, then fail.
+        std::thread::sleep(Duration::from_secs(3));
+        let mut failed = 0u64;
+        for _ in 0..110 {
+            let ok = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "--max-time", "5"])
+                .arg(format!("http://127.0.0.1:{port}/"))
+                .status()
+                .expect("run curl")
+                .success();
+            failed += u64::from(!ok);
+        }
+        assert_eq!(failed, 10, "100 ports, 110 calls");
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let (mut firing, mut counter) = (String::new(), String::new());
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            firing = http_get(
+                "127.0.0.1:19090",
+                "/api/v1/query?query=ALERTS%7Balertname%3D%22FivetupleConnectExhaustionFailures%22%2Calertstate%3D%22firing%22%7D",
+            )
+            .unwrap_or_default();
+            counter = http_get(
+                "127.0.0.1:19090",
+                "/api/v1/query?query=fivetuple_connect_exhaustion_failures_total",
+            )
+            .unwrap_or_default();
+            if firing.contains("\"comm\":\"curl\"") {
+                break;
+            }
+        }
+        let _ = prometheus.kill();
+        let _ = prometheus.wait();
+        let _ = exporter.kill();
+        let _ = exporter.wait();
+        let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+        assert!(
+            firing.contains("\"comm\":\"curl\"")
+                && firing.contains("\"errno\":\"EADDRNOTAVAIL\"")
+                && firing.contains(&format!("\"destination\":\"127.0.0.1:{port}\"")),
+            "the alert did not fire within 40 s: {firing}\ncounter: {counter}\nprometheus log:\n{log}"
+        );
+        assert!(counter.contains(&format!("\"{failed}\"")), "{counter}");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
