@@ -43,6 +43,27 @@ fn upstream() -> (TcpListener, u16) {
     (listener, port)
 }
 
+/// Calls the upstream with curl `n` times; returns (succeeded, failed with
+/// "Cannot assign requested address"). Any other failure fails the test.
+fn curl_calls(port: u16, n: usize) -> (u64, u64) {
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..n {
+        let out = Command::new("curl")
+            .args(["-sv", "-o", "/dev/null", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .output()
+            .expect("run curl");
+        if out.status.success() {
+            ok += 1;
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("Cannot assign requested address"), "{err}");
+            failed += 1;
+        }
+    }
+    (ok, failed)
+}
+
 #[test]
 fn trace_streams_curl_failures_and_stops_on_ctrl_c_root() {
     let test = "trace_streams_curl_failures_and_stops_on_ctrl_c_root";
@@ -63,21 +84,7 @@ fn trace_streams_curl_failures_and_stops_on_ctrl_c_root() {
         // The first summary line says the programs are attached.
         let first: Value = serde_json::from_str(&lines.next().expect("a line").unwrap()).unwrap();
         assert_eq!(first["type"], "summary", "{first}");
-        let (mut ok, mut failed) = (0u64, 0u64);
-        for _ in 0..30 {
-            let out = Command::new("curl")
-                .args(["-sv", "-o", "/dev/null", "--max-time", "5"])
-                .arg(format!("http://127.0.0.1:{port}/"))
-                .output()
-                .expect("run curl");
-            if out.status.success() {
-                ok += 1;
-            } else {
-                let err = String::from_utf8_lossy(&out.stderr);
-                assert!(err.contains("Cannot assign requested address"), "{err}");
-                failed += 1;
-            }
-        }
+        let (ok, failed) = curl_calls(port, 30);
         assert_eq!((ok, failed), (20, 10), "20 ports, 30 calls");
         std::thread::sleep(Duration::from_millis(1500)); // one more summary
                                                          // SAFETY: kill(2) on our own child.
@@ -210,19 +217,7 @@ fn exporter_bpf_counts_what_curl_saw_root() {
             .read_line(&mut line)
             .unwrap();
         assert!(line.contains("listening"), "{line}");
-        let (mut ok, mut failed) = (0u64, 0u64);
-        for _ in 0..30 {
-            let out = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "--max-time", "5"])
-                .arg(format!("http://127.0.0.1:{port}/"))
-                .status()
-                .expect("run curl");
-            if out.success() {
-                ok += 1;
-            } else {
-                failed += 1;
-            }
-        }
+        let (ok, failed) = curl_calls(port, 30);
         assert_eq!((ok, failed), (20, 10));
         std::thread::sleep(Duration::from_millis(300));
         let body = scrape(listen);
@@ -321,19 +316,7 @@ fn doctor_names_time_wait_owners_and_failures_from_bpf_root() {
             .expect("run fivetuple doctor");
         // The observer loads before the first scan; give it ample time.
         std::thread::sleep(Duration::from_secs(3));
-        let (mut ok, mut failed) = (0u64, 0u64);
-        for _ in 0..30 {
-            let status = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "--max-time", "5"])
-                .arg(format!("http://127.0.0.1:{port}/"))
-                .status()
-                .expect("run curl");
-            if status.success() {
-                ok += 1;
-            } else {
-                failed += 1;
-            }
-        }
+        let (ok, failed) = curl_calls(port, 30);
         assert_eq!((ok, failed), (20, 10));
         let out = doctor.wait_with_output().unwrap();
         let doc: Value = serde_json::from_slice(&out.stdout)
@@ -435,16 +418,7 @@ fn prometheus_fires_the_exhaustion_alert_from_a_real_scrape_root() {
             .expect("run prometheus");
         // Let Prometheus scrape the exporter before any failure, then fail.
         std::thread::sleep(Duration::from_secs(3));
-        let mut failed = 0u64;
-        for _ in 0..110 {
-            let ok = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "--max-time", "5"])
-                .arg(format!("http://127.0.0.1:{port}/"))
-                .status()
-                .expect("run curl")
-                .success();
-            failed += u64::from(!ok);
-        }
+        let (_, failed) = curl_calls(port, 110);
         assert_eq!(failed, 10, "100 ports, 110 calls");
         let deadline = Instant::now() + Duration::from_secs(40);
         let (mut firing, mut counter) = (String::new(), String::new());

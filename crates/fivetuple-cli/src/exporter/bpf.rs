@@ -16,11 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fivetuple_bpf::observe::{CgroupNames, Flow, Identity, Observer};
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::DescriptorEncoder;
 
-use super::{gauge, Labels, RunLog};
+use super::{counters, gauge, Labels, RunLog};
 
 /// The labels of one flow: destination, comm, container, pod UID.
 type FlowLabels = [String; 4];
@@ -160,19 +158,6 @@ fn labels(flow: &FlowLabels) -> Labels {
         .zip(flow.iter())
         .map(|(k, v)| (*k, v.clone()))
         .collect()
-}
-
-fn counters(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: &[(Labels, u64)],
-) -> std::fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in series {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
 }
 
 impl BpfCollector {
