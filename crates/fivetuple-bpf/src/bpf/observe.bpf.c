@@ -11,7 +11,8 @@
 //   tp_btf/inet_sock_set_state, in the connecting task:
 //     CLOSE -> SYN_SENT  tcp_v{4,6}_connect sets it right before the port is
 //                        picked (inet_hash_connect): an attempt; the owner is
-//                        remembered per socket pointer and the call per thread.
+//                        remembered in the socket's local storage and the
+//                        call in the thread's task storage.
 //     SYN_SENT -> ESTABLISHED  a success (non-blocking connects too).
 //     SYN_SENT -> CLOSE  inside the call: the connect failed (errno below).
 //     FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE with the socket already unhashed:
