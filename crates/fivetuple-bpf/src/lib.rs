@@ -41,10 +41,16 @@
 //! hook does not: it touches only UAPI context structs (`struct
 //! bpf_sock_addr`, `struct bpf_sock`) from `<linux/bpf.h>`, whose field
 //! accesses the verifier rewrites, so it needs no CO-RE.
+//!
+//! [`observe`] attributes connects, exhaustion failures and TIME_WAIT
+//! entries to the task that made them, from tracepoints only (CO-RE, so it
+//! includes `vmlinux.h`): fentry/fexit are refused under `lockdown=integrity`
+//! and kprobes are often compiled out, while tracepoints load everywhere.
 
 #![deny(missing_docs)]
 
 pub mod cgroup;
+pub mod observe;
 pub mod policy;
 pub mod probe;
 
@@ -56,4 +62,7 @@ pub mod objects {
     /// `src/bpf/policy.bpf.c`: the cgroup `connect4`/`connect6` policy hook.
     pub static POLICY: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policy.bpf.o"));
+    /// `src/bpf/observe.bpf.c`: connect, failure and TIME_WAIT attribution.
+    pub static OBSERVE: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observe.bpf.o"));
 }

@@ -14,6 +14,8 @@ const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 /// `CAP_BPF` (Linux 5.8+).
 const CAP_BPF: u32 = 39;
+/// `CAP_PERFMON` (Linux 5.8+): tracing programs need it besides `CAP_BPF`.
+const CAP_PERFMON: u32 = 38;
 
 /// One thing a BPF feature needs and this host (or process) does not have.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub enum Missing {
     Helper(String),
     /// The kernel lacks a feature the request needs; the text says which.
     Feature(String),
+    /// Neither root nor `CAP_PERFMON` (or `CAP_SYS_ADMIN`): needed for tracing programs.
+    CapPerfmon,
 }
 
 impl fmt::Display for Missing {
@@ -44,6 +48,10 @@ impl fmt::Display for Missing {
             ),
             Missing::Helper(h) => write!(f, "the kernel lacks the BPF helper {h}"),
             Missing::Feature(s) => write!(f, "{s}"),
+            Missing::CapPerfmon => write!(
+                f,
+                "not root and no CAP_PERFMON (needed, with CAP_BPF, to load tracing programs)"
+            ),
         }
     }
 }
@@ -100,6 +108,20 @@ fn missing_for(caps: u64, have_cgroup2: bool) -> Vec<Missing> {
     }
     if !have_cgroup2 {
         missing.push(Missing::CgroupV2);
+    }
+    missing
+}
+
+/// What loading tracing programs (tracepoints) lacks with the capability
+/// mask `caps`: `CAP_BPF` and `CAP_PERFMON`, each implied by `CAP_SYS_ADMIN`.
+pub fn tracing_missing(caps: u64) -> Vec<Missing> {
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let mut missing = Vec::new();
+    if !(has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
+        missing.push(Missing::CapBpf);
+    }
+    if !(has(CAP_PERFMON) || has(CAP_SYS_ADMIN)) {
+        missing.push(Missing::CapPerfmon);
     }
     missing
 }
@@ -217,6 +239,13 @@ mod tests {
         );
         assert!(missing_for((1 << CAP_BPF) | (1 << CAP_NET_ADMIN), true).is_empty());
         assert!(missing_for((1 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN), true).is_empty());
+        assert_eq!(
+            tracing_missing(0),
+            vec![Missing::CapBpf, Missing::CapPerfmon]
+        );
+        assert_eq!(tracing_missing(1 << CAP_BPF), vec![Missing::CapPerfmon]);
+        assert!(tracing_missing((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_empty());
+        assert!(tracing_missing(1 << CAP_SYS_ADMIN).is_empty());
         assert_eq!(
             parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
             Some(0x1ff_ffff_ffff)

@@ -119,6 +119,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         return node::run(&cfg, out);
     }
     let (reader, interval) = (cfg.reader, cfg.interval);
+    let attribution = if cfg.processes {
+        crate::doctor_bpf::start(&cfg.target, interval)
+    } else {
+        crate::doctor_bpf::Attribution::Off
+    };
     let scans = netns::run_in(&cfg.target, move || -> Result<_, ScanError> {
         // The NAT view costs two netlink round trips where there is no NAT.
         if interval.is_zero() {
@@ -150,6 +155,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         owners.as_ref(),
         cfg.thresholds,
     );
+    let bpf = crate::doctor_bpf::finish(attribution, interval, &now, &mut analysis)?;
     let nat = nat::analysis::analyze(
         nat_before.as_ref().map(|b| (b, interval)),
         &nat_now,
@@ -161,9 +167,9 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     }
     let code = exit_code(analysis.status);
     if cfg.json {
-        write_json(out, &cfg, &now, &analysis, nat.as_ref())?;
+        write_json(out, &cfg, &now, &analysis, nat.as_ref(), bpf.as_ref())?;
     } else {
-        write_report(out, &cfg, &now, &analysis, nat.as_ref(), code)?;
+        write_report(out, &cfg, &now, &analysis, nat.as_ref(), code, bpf.as_ref())?;
     }
     Ok(code)
 }
@@ -203,6 +209,9 @@ struct JsonDoc<'a> {
     /// The NAT section; absent when the namespace has no source-NAT hook.
     #[serde(skip_serializing_if = "Option::is_none")]
     nat: Option<JsonNat<'a>>,
+    /// BPF attribution during the interval (docs/trace.md); absent with `--interval 0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bpf: Option<&'a crate::doctor_bpf::Report>,
 }
 
 #[derive(Serialize)]
@@ -295,6 +304,7 @@ fn write_json(
     now: &Snapshot,
     a: &Analysis,
     nat: Option<&NatAnalysis>,
+    bpf: Option<&crate::doctor_bpf::Report>,
 ) -> Result<()> {
     // The one-namespace document keeps its field order (golden files).
     let b = JsonBody::new(cfg, &now.settings, &now.counters, a);
@@ -324,6 +334,7 @@ fn write_json(
             analysis,
             destinations_total: *total,
         }),
+        bpf,
     };
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;
@@ -349,6 +360,7 @@ fn write_report(
     a: &Analysis,
     nat: Option<&NatAnalysis>,
     code: u8,
+    bpf: Option<&crate::doctor_bpf::Report>,
 ) -> Result<()> {
     writeln!(
         out,
@@ -361,6 +373,9 @@ fn write_report(
     write_namespace(out, cfg, &now.settings, &now.counters, a)?;
     if let Some(n) = nat {
         crate::nat_report::write_text(out, n, cfg.top, severity_name)?;
+    }
+    if let Some(report) = bpf {
+        crate::doctor_bpf::write_section(out, report)?;
     }
     writeln!(out, "\nStatus: {} (exit {code})", severity_name(a.status))?;
     Ok(())

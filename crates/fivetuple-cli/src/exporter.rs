@@ -28,6 +28,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+mod bpf;
 mod counters;
 mod destinations;
 mod flight;
@@ -61,6 +62,9 @@ pub struct Args {
     web_config_file: Option<PathBuf>,
     #[command(flatten)]
     table: TableArgs,
+    /// Also export the kernel's own counts of connect attempts, exhaustion failures and TIME_WAIT entries per destination, comm and container/pod (BPF; root or CAP_BPF+CAP_PERFMON; docs/trace.md).
+    #[arg(long)]
+    bpf: bool,
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -219,6 +223,7 @@ pub fn registry(
     top_k: usize,
     all_netns: bool,
     stats: Arc<server::Stats>,
+    bpf: Option<&Arc<bpf::BpfCollector>>,
 ) -> Registry {
     let log = Arc::new(RunLog::default());
     let mut r = Registry::default();
@@ -229,6 +234,9 @@ pub fn registry(
             top_k,
             log.clone(),
         )));
+        if let Some(bpf) = bpf {
+            r.register_collector(Box::new(bpf.entry(log.clone())));
+        }
         r.register_collector(Box::new(scrape::SelfCollector::new(log, stats)));
         return r;
     }
@@ -245,6 +253,9 @@ pub fn registry(
         read_counters,
         log.clone(),
     )));
+    if let Some(bpf) = bpf {
+        r.register_collector(Box::new(bpf.entry(log.clone())));
+    }
     r.register_collector(Box::new(scrape::SelfCollector::new(log, stats)));
     r
 }
@@ -272,8 +283,9 @@ fn scrape_loop(
     top_k: usize,
     all_netns: bool,
     stats: Arc<server::Stats>,
+    bpf: Option<Arc<bpf::BpfCollector>>,
 ) {
-    let mut registry = registry(reader, top_k, all_netns, stats.clone());
+    let mut registry = registry(reader, top_k, all_netns, stats.clone(), bpf.as_ref());
     let mut gone = false;
     while let Some(job) = runway.next() {
         let body = match follower.check() {
@@ -283,7 +295,8 @@ fn scrape_loop(
                         "fivetuple exporter: the {} network namespace is now {to} (was {from}); watching the new one, rates start over",
                         follower.target()
                     );
-                    registry = self::registry(reader, top_k, all_netns, stats.clone());
+                    registry =
+                        self::registry(reader, top_k, all_netns, stats.clone(), bpf.as_ref());
                 } else if gone {
                     eprintln!(
                         "fivetuple exporter: the {} network namespace is back ({}); collectors read it again",
@@ -342,6 +355,30 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
+/// `--bpf`: the observer for the target's namespace (by its inode at
+/// start), or `None` after saying once, on stderr, what is missing.
+fn load_bpf(target: &netns::Target, all_netns: bool) -> Option<fivetuple_bpf::observe::Observer> {
+    let options = fivetuple_bpf::observe::Options::default().events(false);
+    // With --all-netns the observer counts every namespace of the node.
+    let inode = if all_netns {
+        Ok(None)
+    } else {
+        crate::trace::netns_inode(target)
+            .map(Some)
+            .map_err(|e| format!("{e:#}"))
+    };
+    let loaded = inode.and_then(|inode| {
+        fivetuple_bpf::observe::load(options.netns(inode)).map_err(|e| crate::trace::chain(&e))
+    });
+    match loaded {
+        Ok(o) => Some(o),
+        Err(why) => {
+            eprintln!("fivetuple exporter: --bpf: {why}; serving the other metrics without it (fivetuple_bpf_observer_loaded 0)");
+            None
+        }
+    }
+}
+
 /// Runs the exporter until SIGINT or SIGTERM; returns the exit code (0).
 pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     let target = args.table.target();
@@ -372,6 +409,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
 
     // The scrape thread enters the namespace first, so a bad --netns/--pid
     // or a missing privilege fails here, before we say we are listening.
+    let bpf = args.bpf.then(|| {
+        Arc::new(bpf::BpfCollector::new(
+            load_bpf(&target, all_netns),
+            args.top_k,
+        ))
+    });
     let stats = Arc::new(server::Stats::default());
     let (flights, runway) = flight::flights();
     let (entered_tx, entered_rx) = std::sync::mpsc::channel();
@@ -392,7 +435,15 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
                 return;
             }
             let _ = entered_tx.send(Ok(()));
-            scrape_loop(follower, runway, reader, top_k, all_netns, thread_stats);
+            scrape_loop(
+                follower,
+                runway,
+                reader,
+                top_k,
+                all_netns,
+                thread_stats,
+                bpf,
+            );
         })
         .context("cannot start the scrape thread")?;
     entered_rx

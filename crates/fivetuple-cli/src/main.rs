@@ -5,7 +5,7 @@
 //! 1 warning, 2 critical, 3 unknown). Bad arguments and errors exit 3.
 //! `repro` exits 0 when the experiment ran, 2 on bad arguments, 3 on other
 //! errors, and 130/143 after Ctrl-C/SIGTERM (finished rows printed first).
-//! `exporter` exits 0 on SIGINT/SIGTERM. `top` exits 0 on q and 2 when
+//! `exporter` and `trace` exit 0 on SIGINT/SIGTERM. `top` exits 0 on q and 2 when
 //! stdout is not a terminal.
 //! A broken pipe (e.g. `fivetuple doctor | head`) exits quietly.
 //!
@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 mod attach;
 mod completions;
 mod doctor;
+mod doctor_bpf;
 mod exporter;
 #[cfg(test)]
 mod golden;
@@ -30,6 +31,7 @@ mod repro;
 mod run;
 mod table_args;
 mod top;
+mod trace;
 
 /// Exit code for bad arguments and errors ("unknown" in the monitoring-plugin convention).
 pub const EXIT_UNKNOWN: u8 = 3;
@@ -64,6 +66,8 @@ enum Command {
     Completions(completions::Args),
     /// Print the man page (roff).
     Man,
+    /// Live stream of connects that fail for lack of a source port, with who made them (BPF).
+    Trace(trace::Args),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Attached(args) => attach::list(args, &mut out),
         Command::Completions(args) => completions::completions(args, &mut out),
         Command::Man => completions::man(&mut out),
+        Command::Trace(args) => trace::run(args, &mut out),
     };
     let result = result.and_then(|code| out.flush().map(|()| code).map_err(Into::into));
     match result {

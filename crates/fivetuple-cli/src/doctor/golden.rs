@@ -29,7 +29,7 @@ fn doc(before: Option<&Snapshot>, cfg: &Config) -> String {
         cfg.thresholds,
     );
     let mut out = Vec::new();
-    write_json(&mut out, cfg, &now, &analysis, None).unwrap();
+    write_json(&mut out, cfg, &now, &analysis, None, None).unwrap();
     String::from_utf8(out).unwrap()
 }
 

@@ -1,0 +1,452 @@
+// SPDX-License-Identifier: (MIT OR Apache-2.0) AND GPL-2.0
+//
+// fivetuple's kernel view of who churns ports: per (cgroup, comm,
+// destination, family) counts of TCP connect attempts, successes, exhaustion
+// failures and timewait sockets, and a ring buffer of the failures only.
+//
+// Only tracepoints: fentry/fexit are refused (EPERM) under lockdown=integrity
+// (this machine's kernel 6.18) and kprobes are often compiled out, while
+// tracepoints load on every kernel since 5.5 (tp_btf) / 4.7 (tracepoint).
+//
+//   tp_btf/inet_sock_set_state, in the connecting task:
+//     CLOSE -> SYN_SENT  tcp_v{4,6}_connect sets it right before the port is
+//                        picked (inet_hash_connect): an attempt; the owner is
+//                        remembered in the socket's local storage and the
+//                        call in the thread's task storage.
+//     SYN_SENT -> ESTABLISHED  a success (non-blocking connects too).
+//     SYN_SENT -> CLOSE  inside the call: the connect failed (errno below).
+//     FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE with the socket already unhashed:
+//                        a timewait socket took its place. On 6.18 the
+//                        tracepoint never shows newstate TIME_WAIT:
+//                        tcp_time_wait() allocates the tw sock, whose
+//                        hashdance unhashes the full socket, then tcp_done()
+//                        moves it to CLOSE; a reset or a FIN_WAIT2 timeout
+//                        reaches CLOSE still hashed (tcp_set_state unhashes
+//                        after the tracepoint).
+//   tracepoint/syscalls/sys_exit_connect: the errno of a failed attempt
+//     (EADDRNOTAVAIL from __inet_hash_connect, or EADDRINUSE).
+//   tracepoint/syscalls/sys_{enter,exit}_bind: EADDRINUSE of bind() on a TCP
+//     socket (the fd is resolved to its socket only on that error).
+//
+// A v4-mapped destination on an IPv6 socket is counted as IPv4. Maps are
+// bounded; what does not fit is counted in ft_drops.
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#include "observe.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define EEXIST 17
+#define EADDRINUSE 98
+#define EADDRNOTAVAIL 99
+#define IPPROTO_TCP 6
+#define SOCK_STREAM 1
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define SOCK_BINDADDR_LOCK 4
+#define SOCK_BINDPORT_LOCK 8
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_FIN_WAIT1 4
+#define TCP_FIN_WAIT2 5
+#define TCP_CLOSE 7
+#define TCP_CLOSING 11
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ft_obs_config);
+} ft_obs_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ft_obs_key);
+	__type(value, struct ft_obs_counts);
+} ft_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ft_obs_key);
+	__type(value, __u64);
+} ft_failures SEC(".maps");
+
+// Who connected each socket: socket-local storage, allocated at connect,
+// freed by the kernel with the socket (bpf_sk_storage_free), so it is
+// bounded by the sockets that exist and costs nothing when idle.
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ft_obs_owner);
+} ft_owner SEC(".maps");
+
+// The connect() in progress on each thread: task-local storage.
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ft_obs_pending);
+} ft_pending SEC(".maps");
+
+// Owners of timewait sockets by 4-tuple (LRU: the oldest, likely expired,
+// make room). A TIME_WAIT lasts 60 s; size for the connections per minute.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU); // per-CPU LRU lists: no shared lock
+	__uint(max_entries, 65536);
+	__type(key, struct ft_obs_tuple);
+	__type(value, struct ft_obs_owner);
+} ft_tw_owner SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct ft_obs_bind);
+} ft_binds SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FT_DROP_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} ft_drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} ft_events SEC(".maps");
+
+static __always_inline void drop(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&ft_drops, &which);
+	if (v)
+		*v += 1; // per-CPU slot
+}
+
+static __always_inline struct ft_obs_config *obs_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&ft_obs_config, &zero);
+}
+
+static __always_inline __u32 netns_of(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline struct ft_obs_counts *counts_of(const struct ft_obs_key *key)
+{
+	struct ft_obs_counts *c = bpf_map_lookup_elem(&ft_counts, key);
+	if (c)
+		return c;
+	struct ft_obs_counts zero = {};
+	long err = bpf_map_update_elem(&ft_counts, key, &zero, BPF_NOEXIST);
+	if (err && err != -EEXIST) { // EEXIST: another CPU added it
+		drop(FT_DROP_COUNTS_FULL);
+		return 0;
+	}
+	return bpf_map_lookup_elem(&ft_counts, key);
+}
+
+static __always_inline void count_failure(const struct ft_obs_key *key)
+{
+	__u64 *c = bpf_map_lookup_elem(&ft_failures, key);
+	if (!c) {
+		__u64 zero = 0;
+		long err = bpf_map_update_elem(&ft_failures, key, &zero, BPF_NOEXIST);
+		if (err && err != -EEXIST) {
+			drop(FT_DROP_FAILURES_FULL);
+			return;
+		}
+		c = bpf_map_lookup_elem(&ft_failures, key);
+		if (!c)
+			return;
+	}
+	__sync_fetch_and_add(c, 1);
+}
+
+static __always_inline void send_event(const struct ft_obs_config *cfg, const struct ft_obs_key *key,
+				       const __u8 *saddr, __u16 sport, __u32 netns)
+{
+	if (!cfg->events)
+		return;
+	struct ft_obs_event *e = bpf_ringbuf_reserve(&ft_events, sizeof(*e), 0);
+	if (!e) {
+		drop(FT_DROP_RINGBUF_FULL);
+		return;
+	}
+	__u64 id = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->cgroup = key->cgroup;
+	e->tgid = id >> 32;
+	e->tid = (__u32)id;
+	__builtin_memcpy(e->comm, key->comm, sizeof(e->comm));
+	__builtin_memcpy(e->saddr, saddr, sizeof(e->saddr));
+	__builtin_memcpy(e->daddr, key->daddr, sizeof(e->daddr));
+	e->sport = sport;
+	e->dport = key->dport;
+	e->family = key->family;
+	e->stage = key->stage;
+	e->err = key->err;
+	e->netns = netns;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int is_mapped(const __u32 *w)
+{
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+// The destination of a socket in SYN_SENT (set before the port is picked);
+// a v4-mapped IPv6 destination becomes IPv4.
+static __always_inline void destination(const struct sock *sk, struct ft_obs_key *key)
+{
+	key->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (sk->__sk_common.skc_family == AF_INET6) {
+		__u32 w[4];
+		BPF_CORE_READ_INTO(&w, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32);
+		if (!is_mapped(w)) {
+			__builtin_memcpy(key->daddr, w, 16);
+			key->family = AF_INET6;
+			return;
+		}
+	}
+	__u32 a = sk->__sk_common.skc_daddr;
+	__builtin_memcpy(key->daddr, &a, 4);
+	key->family = AF_INET;
+}
+
+// The source the application bound (SOCK_BINDADDR_LOCK / SOCK_BINDPORT_LOCK),
+// zeros otherwise: the kernel's own choice is reset on the error path.
+static __always_inline void bound_source(const struct sock *sk, __u16 family, __u8 *saddr, __u16 *sport)
+{
+	__u8 locks = BPF_CORE_READ(sk, sk_userlocks);
+	if (locks & SOCK_BINDADDR_LOCK) {
+		if (family == AF_INET6) {
+			BPF_CORE_READ_INTO((struct in6_addr *)saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		} else {
+			__u32 a = sk->__sk_common.skc_rcv_saddr;
+			__builtin_memcpy(saddr, &a, 4);
+		}
+	}
+	if (locks & SOCK_BINDPORT_LOCK)
+		*sport = sk->__sk_common.skc_num;
+}
+
+static __always_inline void on_syn_sent(const struct sock *sk)
+{
+	struct ft_obs_config *cfg = obs_config();
+	if (!cfg)
+		return;
+	__u32 netns = sk->__sk_common.skc_net.net->ns.inum; // BTF pointer walk, no probe reads
+	if (cfg->netns && cfg->netns != netns)
+		return;
+	struct ft_obs_owner owner = {};
+	owner.key.cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(owner.key.comm, sizeof(owner.key.comm));
+	destination(sk, &owner.key);
+	__u64 id = bpf_get_current_pid_tgid();
+	owner.tgid = id >> 32;
+	owner.netns = netns;
+	struct ft_obs_counts *c = counts_of(&owner.key);
+	if (c)
+		__sync_fetch_and_add(&c->attempts, 1);
+	struct ft_obs_owner *o = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (o)
+		*o = owner;
+	else
+		drop(FT_DROP_OWNER_FULL);
+	struct ft_obs_pending *p =
+		bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!p) {
+		drop(FT_DROP_OWNER_FULL);
+		return;
+	}
+	__builtin_memset(p, 0, sizeof(*p));
+	p->key = owner.key;
+	p->sk = (__u64)sk;
+	p->netns = netns;
+	p->active = 1;
+}
+
+// Keeps the owner under the timewait socket's 4-tuple (the full socket's,
+// which inet_twsk_alloc copies); a v4-mapped IPv6 pair is kept as IPv4, as
+// the socket table shows it.
+static __always_inline void remember_tw(const struct sock *sk, const struct ft_obs_owner *owner)
+{
+	struct ft_obs_tuple t = {};
+	// skc_num is already 0 here (the hashdance's __inet_put_port); the
+	// header's inet_sport keeps the port.
+	t.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	t.dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	t.family = owner->key.family;
+	if (t.family == AF_INET6) {
+		BPF_CORE_READ_INTO((struct in6_addr *)t.saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO((struct in6_addr *)t.daddr, sk, __sk_common.skc_v6_daddr);
+	} else {
+		__u32 a = sk->__sk_common.skc_rcv_saddr;
+		__u32 b = sk->__sk_common.skc_daddr;
+		__builtin_memcpy(t.saddr, &a, 4);
+		__builtin_memcpy(t.daddr, &b, 4);
+	}
+	if (bpf_map_update_elem(&ft_tw_owner, &t, owner, BPF_ANY))
+		drop(FT_DROP_OWNER_FULL);
+}
+
+static __always_inline int unhashed(const struct sock *sk)
+{
+	return sk->__sk_common.skc_nulls_node.pprev == 0; // a direct (BTF) load, no probe read
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (newstate == TCP_SYN_SENT) {
+		if (oldstate == TCP_CLOSE && sk->sk_protocol == IPPROTO_TCP)
+			on_syn_sent(sk);
+		return 0;
+	}
+	if (newstate != TCP_CLOSE && !(oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED))
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	__u64 ptr = (__u64)sk;
+	struct ft_obs_owner *owner = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, 0);
+	if (newstate == TCP_ESTABLISHED) {
+		if (!owner) {
+			drop(FT_NOTE_EST_UNOWNED);
+			return 0;
+		}
+		struct ft_obs_counts *c = counts_of(&owner->key);
+		if (c)
+			__sync_fetch_and_add(&c->successes, 1);
+		return 0;
+	}
+	// newstate == TCP_CLOSE
+	if (oldstate == TCP_SYN_SENT) {
+		struct ft_obs_pending *p = bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, 0);
+		if (p && p->active && p->sk == ptr) {
+			p->failed = 1;
+			bound_source(sk, p->key.family, p->saddr, &p->sport);
+		}
+	} else if (oldstate == TCP_FIN_WAIT1 || oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) {
+		if (unhashed(sk)) {
+			if (owner) {
+				struct ft_obs_counts *c = counts_of(&owner->key);
+				if (c)
+					__sync_fetch_and_add(&c->time_wait, 1);
+				remember_tw(sk, owner);
+			} else {
+				drop(FT_NOTE_TW_UNOWNED);
+			}
+		}
+	}
+	// The owner stays in the socket's storage until the kernel frees the
+	// socket (a reconnect of the same socket overwrites it): deleting here
+	// would cost a free per connection for nothing.
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int ft_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	struct ft_obs_pending *p = bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, 0);
+	if (!p || !p->active)
+		return 0;
+	p->active = 0;
+	long ret = ctx->ret;
+	if (p->failed && (ret == -EADDRNOTAVAIL || ret == -EADDRINUSE)) {
+		struct ft_obs_config *cfg = obs_config();
+		if (cfg) {
+			struct ft_obs_key key = p->key;
+			key.stage = FT_STAGE_CONNECT;
+			key.err = -ret;
+			count_failure(&key);
+			send_event(cfg, &key, p->saddr, p->sport, p->netns);
+		}
+	}
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_bind")
+int ft_enter_bind(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct ft_obs_bind b = {.fd = ctx->args[0], .uaddr = ctx->args[1]};
+	if (bpf_map_update_elem(&ft_binds, &tid, &b, BPF_ANY))
+		drop(FT_DROP_OWNER_FULL);
+	return 0;
+}
+
+// The socket behind `fd` of the current task, or NULL when it is no socket.
+static __always_inline struct sock *socket_of_fd(__u64 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max = BPF_CORE_READ(task, files, fdt, max_fds);
+	if (fd >= max)
+		return 0;
+	struct file *f = 0;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	return BPF_CORE_READ(sock, sk);
+}
+
+SEC("tracepoint/syscalls/sys_exit_bind")
+int ft_exit_bind(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct ft_obs_bind *b = bpf_map_lookup_elem(&ft_binds, &tid);
+	if (!b)
+		return 0;
+	struct ft_obs_bind args = *b;
+	bpf_map_delete_elem(&ft_binds, &tid);
+	if (ctx->ret != -EADDRINUSE)
+		return 0;
+	struct sock *sk = socket_of_fd(args.fd);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	struct ft_obs_config *cfg = obs_config();
+	if (!cfg)
+		return 0;
+	__u32 netns = netns_of(sk);
+	if (cfg->netns && cfg->netns != netns)
+		return 0;
+	struct sockaddr_in6 sa = {}; // large enough for a sockaddr_in too
+	if (bpf_probe_read_user(&sa, sizeof(struct sockaddr_in), (void *)args.uaddr))
+		return 0;
+	struct ft_obs_key key = {};
+	__u8 saddr[16] = {};
+	__u16 sport = bpf_ntohs(sa.sin6_port);
+	if (sa.sin6_family == AF_INET6) {
+		bpf_probe_read_user(&sa, sizeof(sa), (void *)args.uaddr);
+		__builtin_memcpy(saddr, &sa.sin6_addr, 16);
+		key.family = AF_INET6;
+	} else {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&sa;
+		__builtin_memcpy(saddr, &sin->sin_addr.s_addr, 4);
+		key.family = AF_INET;
+	}
+	key.cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	key.stage = FT_STAGE_BIND;
+	key.err = EADDRINUSE;
+	count_failure(&key);
+	send_event(cfg, &key, saddr, sport, netns);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

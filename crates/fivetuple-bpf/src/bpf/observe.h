@@ -1,0 +1,98 @@
+// Shared between observe.bpf.c and the loader (src/observe.rs mirrors these
+// structs with #[repr(C)]; keep the two in step). No implicit padding: every
+// struct is laid out in explicit 8/4/2-byte slots.
+#pragma once
+
+enum ft_obs_stage {
+	FT_STAGE_NONE = 0,    // the counts map: no failure
+	FT_STAGE_CONNECT = 1, // connect() of a TCP socket that reached port selection
+	FT_STAGE_BIND = 2,    // bind() of a TCP socket
+};
+
+enum ft_obs_drop {
+	FT_DROP_COUNTS_FULL = 0,   // ft_counts had no room for a new key
+	FT_DROP_FAILURES_FULL = 1, // ft_failures had no room for a new key
+	FT_DROP_RINGBUF_FULL = 2,  // a failure event found the ring buffer full
+	FT_DROP_OWNER_FULL = 3,    // an LRU map (owner, pending call) refused an entry
+	FT_NOTE_TW_UNOWNED = 4,    // a timewait of a socket not connected while attached
+	FT_NOTE_EST_UNOWNED = 5,   // SYN_SENT -> ESTABLISHED of such a socket
+	FT_DROP_COUNT = 6,
+};
+
+// What a count is kept per. For ft_counts `stage` and `err` are 0; for
+// ft_failures they say where the failure was born and its (positive) errno.
+// A bind failure has no destination yet: daddr/dport are 0 there.
+struct ft_obs_key {
+	__u64 cgroup;   // bpf_get_current_cgroup_id() of the connecting task
+	char comm[16];  // its comm
+	__u8 daddr[16]; // IPv4 in the first 4 bytes
+	__u16 dport;    // host order
+	__u16 family;   // AF_INET or AF_INET6
+	__u16 stage;
+	__u16 err;
+};
+
+struct ft_obs_counts {
+	__u64 attempts;  // CLOSE -> SYN_SENT in connect (port selection starts)
+	__u64 successes; // SYN_SENT -> ESTABLISHED (blocking or not)
+	__u64 time_wait; // timewait sockets created from these connections
+};
+
+// The owner of a connected socket, remembered at connect time.
+struct ft_obs_owner {
+	struct ft_obs_key key;
+	__u32 tgid;
+	__u32 netns;
+};
+
+struct ft_obs_config {
+	__u32 netns;  // only this network namespace (inode number); 0: all
+	__u32 events; // 1: send failure events to the ring buffer
+};
+
+// One failing connect or bind, for the live stream.
+struct ft_obs_event {
+	__u64 ts_ns; // bpf_ktime_get_boot_ns()
+	__u64 cgroup;
+	__u32 tgid;
+	__u32 tid;
+	char comm[16];
+	__u8 saddr[16]; // bound source (or the requested one at bind); zeros if none
+	__u8 daddr[16];
+	__u16 sport; // host order, 0 if none
+	__u16 dport;
+	__u16 family;
+	__u16 stage;
+	__s32 err; // positive errno
+	__u32 netns;
+};
+
+// A connect() in progress on one thread, from CLOSE -> SYN_SENT to the
+// syscall's exit, which has the errno.
+struct ft_obs_pending {
+	struct ft_obs_key key;
+	__u64 sk;
+	__u8 saddr[16]; // bound source, captured when the connect failed
+	__u16 sport;
+	__u16 failed;   // the socket went back to CLOSE during the call
+	__u32 netns;
+	__u32 active;   // a call is in progress (cleared at sys_exit_connect)
+	__u32 pad;
+};
+
+// A bind() in progress on one thread (its arguments).
+struct ft_obs_bind {
+	__u64 fd;
+	__u64 uaddr; // user pointer
+};
+
+// A timewait socket's 4-tuple, the key under which its owner is kept so a
+// reader of the socket table (doctor) can name the owner of each TIME_WAIT.
+struct ft_obs_tuple {
+	__u8 saddr[16]; // IPv4 in the first 4 bytes
+	__u8 daddr[16];
+	__u16 sport;    // host order
+	__u16 dport;
+	__u16 family;
+	__u16 pad;
+};

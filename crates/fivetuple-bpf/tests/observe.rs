@@ -1,0 +1,316 @@
+//! The observer's counts against what the clients counted themselves, in a
+//! fresh network namespace with a 100-port range and `tcp_tw_reuse=0`: a
+//! Python client (IPv4 and IPv6), a curl loop and a static Go binary each
+//! call their own upstream until the kernel has no port left. Needs root
+//! (a namespace, CAP_BPF and CAP_PERFMON), python3, curl, go and ss.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fivetuple_bpf::observe::{self, Counts, Options, Stage};
+use fivetuple_testkit::{have_tool, in_fresh_netns, root_or_skip};
+
+const EADDRINUSE: i32 = 98;
+const EADDRNOTAVAIL: i32 = 99;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// What a client said it did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Counted {
+    comm: String,
+    attempts: u64,
+    successes: u64,
+    eaddrnotavail: u64,
+    eaddrinuse: u64,
+    other: u64,
+}
+
+fn parse_counted(line: &str) -> Counted {
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("client output {line:?}: {e}"));
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {line}"));
+    Counted {
+        comm: v["comm"].as_str().expect("comm").to_string(),
+        attempts: n("attempts"),
+        successes: n("successes"),
+        eaddrnotavail: n("eaddrnotavail"),
+        eaddrinuse: n("eaddrinuse"),
+        other: n("other"),
+    }
+}
+
+fn run_json(cmd: &mut Command) -> Counted {
+    let out = cmd.output().expect("run client");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_counted(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Calls curl until one call fails (at most `limit`), counting by its exit
+/// code and verbose output.
+fn curl_loop(url: &str, limit: u64) -> Counted {
+    let mut c = Counted {
+        comm: "curl".into(),
+        ..Counted::default()
+    };
+    for _ in 0..limit {
+        c.attempts += 1;
+        let out = Command::new("curl")
+            .args(["-sv", "-o", "/dev/null", "--max-time", "5", url])
+            .output()
+            .expect("run curl");
+        if out.status.success() {
+            c.successes += 1;
+            continue;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("Cannot assign requested address") {
+            c.eaddrnotavail += 1;
+        } else {
+            c.other += 1;
+        }
+        break;
+    }
+    c
+}
+
+/// Builds tests/fixtures/goclient.go as a static binary (no cgo, no libc).
+fn build_go_client(dir: &Path) -> PathBuf {
+    let bin = dir.join("ftgoclient");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(fixture("goclient.go"))
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GO111MODULE", "off")
+        .status()
+        .expect("run go build (package golang-go)");
+    assert!(status.success(), "go build: {status}");
+    let file = Command::new("file").arg(&bin).output();
+    if let Ok(out) = file {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("statically linked"), "{text}");
+    }
+    bin
+}
+
+struct Server(Child);
+
+impl Server {
+    fn start(listen: &[&str]) -> Server {
+        let mut child = Command::new("python3")
+            .arg(fixture("server.py"))
+            .args(listen)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3 server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("server says ready");
+        assert_eq!(line.trim(), "ready");
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Local addresses of the TIME-WAIT sockets `ss` shows towards `dst`.
+fn ss_time_wait_to(dst: SocketAddr) -> Vec<SocketAddr> {
+    let out = Command::new("ss")
+        .args(["-Htan", "state", "time-wait", "dst"])
+        .arg(dst.to_string())
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|e| panic!("ss local address {a:?}: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn counts_equal_what_python_curl_and_go_clients_counted_root() {
+    let test = "counts_equal_what_python_curl_and_go_clients_counted_root";
+    if !root_or_skip(test)
+        || !have_tool(test, "python3", "python3")
+        || !have_tool(test, "curl", "curl")
+        || !have_tool(test, "go", "golang-go")
+        || !have_tool(test, "ss", "iproute2")
+    {
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("fivetuple-observe-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let go = build_go_client(&tmp);
+    let py_v4: SocketAddr = "127.0.0.1:18001".parse().unwrap();
+    let curl_dst: SocketAddr = "127.0.0.1:18002".parse().unwrap();
+    let go_dst: SocketAddr = "127.0.0.1:18003".parse().unwrap();
+    let py_v6: SocketAddr = "[::1]:18004".parse().unwrap();
+    let sysctls = [
+        ("ip_local_port_range", "40000 40099"),
+        ("tcp_tw_reuse", "0"),
+    ];
+    in_fresh_netns(&sysctls, || {
+        let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
+        let mut observer = observe::load(Options::default().netns(Some(netns)))
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        let _server = Server::start(&[
+            &py_v4.to_string(),
+            &curl_dst.to_string(),
+            &go_dst.to_string(),
+            &py_v6.to_string(),
+        ]);
+        let limit = 300;
+        let client = fixture("client.py");
+        let mut counted: Vec<(SocketAddr, Counted)> = Vec::new();
+        let py = |dst: SocketAddr| {
+            run_json(
+                Command::new("python3")
+                    .arg(&client)
+                    .args(["connect", &dst.ip().to_string(), &dst.port().to_string()])
+                    .arg(limit.to_string()),
+            )
+        };
+        counted.push((py_v4, py(py_v4)));
+        counted.push((curl_dst, curl_loop(&format!("http://{curl_dst}/"), limit)));
+        counted.push((
+            go_dst,
+            run_json(
+                Command::new(&go)
+                    .arg(go_dst.to_string())
+                    .arg(limit.to_string()),
+            ),
+        ));
+        counted.push((py_v6, py(py_v6)));
+        // Every port of the range is now in TIME_WAIT (towards each
+        // destination), so a port-0 bind finds none: EADDRINUSE at bind.
+        let bind = run_json(
+            Command::new("python3")
+                .arg(&client)
+                .args(["bind", "127.0.0.1"]),
+        );
+        assert_eq!(bind.eaddrinuse, 1, "{bind:?}");
+        // The client closes first; the upstream's FIN turns each timewait
+        // socket TIME_WAIT. Give the last ones a moment.
+        std::thread::sleep(Duration::from_millis(300));
+
+        let counts: BTreeMap<(String, SocketAddr), Counts> = observer
+            .counts()
+            .unwrap()
+            .into_iter()
+            .map(|(f, c)| ((f.comm, f.destination), c))
+            .collect();
+        let failures = observer.failures().unwrap();
+        let tw_owners = observer.time_wait_owners().unwrap();
+        let failed = |comm: &str, dst: Option<SocketAddr>, stage: Stage, errno: i32| -> u64 {
+            failures
+                .iter()
+                .filter(|f| {
+                    f.flow.comm == comm
+                        && dst.is_none_or(|d| f.flow.destination == d)
+                        && f.stage == stage
+                        && f.errno == errno
+                })
+                .map(|f| f.count)
+                .sum()
+        };
+        for (dst, c) in &counted {
+            eprintln!("{dst}: client counted {c:?}");
+            assert!(
+                c.successes >= 50
+                    && c.eaddrnotavail >= 1
+                    && c.other == 0
+                    && c.attempts == c.successes + c.eaddrnotavail,
+                "{dst}: the client should have run out of ports: {c:?}"
+            );
+            let seen = counts
+                .get(&(c.comm.clone(), *dst))
+                .unwrap_or_else(|| panic!("no BPF counts for {} -> {dst}: {counts:?}", c.comm));
+            eprintln!("{dst}: BPF counted {seen:?}");
+            assert_eq!(seen.attempts, c.attempts, "{} -> {dst} attempts", c.comm);
+            assert_eq!(seen.successes, c.successes, "{} -> {dst} successes", c.comm);
+            assert_eq!(
+                failed(&c.comm, Some(*dst), Stage::Connect, EADDRNOTAVAIL),
+                c.eaddrnotavail,
+                "{} -> {dst} EADDRNOTAVAIL",
+                c.comm
+            );
+            let ss = ss_time_wait_to(*dst);
+            assert_eq!(
+                seen.time_wait,
+                ss.len() as u64,
+                "{} -> {dst}: TIME_WAIT entries vs ss",
+                c.comm
+            );
+            // Each TIME_WAIT ss shows has its owner under its own 4-tuple.
+            for local in &ss {
+                let owner = tw_owners
+                    .iter()
+                    .find(|o| o.local == *local && o.remote == *dst)
+                    .unwrap_or_else(|| panic!("no owner for TIME_WAIT {local} -> {dst}"));
+                assert_eq!(owner.comm, c.comm, "{local} -> {dst}");
+            }
+        }
+        assert_eq!(
+            failed(&bind.comm, None, Stage::Bind, EADDRINUSE),
+            1,
+            "bind EADDRINUSE: {failures:?}"
+        );
+        let go_comm = &counted[2].1.comm;
+        assert_eq!(go_comm, "ftgoclient");
+        // The live stream carried each failure once (Go's three per Dial too).
+        let expected = counted.iter().map(|(_, c)| c.eaddrnotavail).sum::<u64>() as usize + 1;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut events = Vec::new();
+        while events.len() < expected && Instant::now() < deadline {
+            observer.wait_events(Duration::from_millis(100));
+            events.extend(observer.drain_events());
+        }
+        assert_eq!(events.len(), expected, "{events:?}");
+        for (dst, c) in &counted {
+            let e = events
+                .iter()
+                .find(|e| e.destination == Some(*dst))
+                .unwrap_or_else(|| panic!("no event for {dst}: {events:?}"));
+            assert_eq!(
+                (e.comm.as_str(), e.errno, e.stage),
+                (c.comm.as_str(), EADDRNOTAVAIL, Stage::Connect)
+            );
+            assert_eq!(e.netns, netns);
+        }
+        let b = events.iter().find(|e| e.stage == Stage::Bind).unwrap();
+        assert_eq!(
+            (b.errno, b.source.map(|s| s.ip())),
+            (EADDRINUSE, Some("127.0.0.1".parse().unwrap()))
+        );
+        let drops = observer.drops().unwrap();
+        assert!(!drops.any_lost(), "{drops:?}");
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -1,0 +1,207 @@
+//! What `doctor` adds from the BPF observer while it waits `--interval`
+//! between its two scans: owners of the TIME_WAIT sockets created in that
+//! time (the socket table has none for them: `ss -p` prints nothing), and
+//! the connects and binds that failed for lack of a port in that time,
+//! which no socket table shows at all. Without BPF the doctor runs as
+//! before and says once, in its notes, what is missing.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+use fivetuple_bpf::observe::{self, Failures, Observer, Options};
+use fivetuple_scan::model::{Analysis, ProcessRef, Snapshot};
+use fivetuple_scan::netns::Target;
+use fivetuple_scan::TcpState;
+use serde::Serialize;
+
+/// The observer while the doctor's interval runs, or why there is none.
+pub enum Attribution {
+    /// Loaded (or loading, on its own thread, so the first scan is not
+    /// delayed: the programs attach a few hundred ms into the interval).
+    Loading(std::thread::JoinHandle<Attribution>),
+    /// Loaded.
+    Loaded(Box<Observer>),
+    /// BPF cannot be used here; the text names what is missing.
+    Unavailable(String),
+    /// Not asked for (`--interval 0`).
+    Off,
+}
+
+/// Starts loading the observer for `target` when `interval` is not zero.
+pub fn start(target: &Target, interval: Duration) -> Attribution {
+    if interval.is_zero() {
+        return Attribution::Off;
+    }
+    let target = target.clone();
+    match std::thread::Builder::new()
+        .name("fivetuple-bpf".into())
+        .spawn(move || load(&target))
+    {
+        Ok(handle) => Attribution::Loading(handle),
+        Err(e) => Attribution::Unavailable(format!("cannot start a thread: {e}")),
+    }
+}
+
+fn load(target: &Target) -> Attribution {
+    let netns = match crate::trace::netns_inode(target) {
+        Ok(n) => n,
+        Err(e) => return Attribution::Unavailable(format!("{e:#}")),
+    };
+    match observe::load(Options::default().netns(Some(netns)).events(false)) {
+        Ok(o) => Attribution::Loaded(Box::new(o)),
+        Err(e) => Attribution::Unavailable(crate::trace::chain(&e)),
+    }
+}
+
+/// The BPF part of the report (`bpf` in the JSON document).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// "bpf" when the observer ran, "none" when it could not.
+    pub source: &'static str,
+    /// The seconds observed.
+    pub interval_s: f64,
+    /// TIME_WAIT sockets in the second scan whose owner BPF saw connect.
+    pub time_wait_attributed: usize,
+    /// TIME_WAIT sockets in the second scan.
+    pub time_wait_total: usize,
+    /// Exhaustion failures during the interval.
+    pub failures: Vec<Failures>,
+    /// Why there is no BPF attribution, when there is none.
+    pub unavailable: Option<String>,
+}
+
+/// (local IP, remote IP, remote port), as doctor groups destinations.
+type DestKey = (std::net::IpAddr, std::net::IpAddr, u16);
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// Adds the owners of TIME_WAIT sockets to each destination's processes and
+/// a note saying where they came from; returns the section's data.
+pub fn finish(
+    attribution: Attribution,
+    interval: Duration,
+    now: &Snapshot,
+    analysis: &mut Analysis,
+) -> Result<Option<Report>> {
+    let attribution = match attribution {
+        Attribution::Loading(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Attribution::Unavailable("the loading thread panicked".into())),
+        other => other,
+    };
+    let observer = match attribution {
+        Attribution::Off | Attribution::Loading(_) => return Ok(None),
+        Attribution::Unavailable(why) => {
+            analysis.notes.push(format!(
+                "no BPF attribution of TIME_WAIT owners or exhaustion failures: {why}"
+            ));
+            return Ok(Some(Report {
+                source: "none",
+                interval_s: interval.as_secs_f64(),
+                time_wait_attributed: 0,
+                time_wait_total: 0,
+                failures: Vec::new(),
+                unavailable: Some(why),
+            }));
+        }
+        Attribution::Loaded(o) => o,
+    };
+    let owners: HashMap<(SocketAddr, SocketAddr), (u32, String)> = observer
+        .time_wait_owners()?
+        .into_iter()
+        .map(|o| ((o.local, o.remote), (o.pid, o.comm)))
+        .collect();
+    // destination key -> pid -> (comm, sockets)
+    let mut by_dest: HashMap<DestKey, HashMap<u32, (String, u32)>> = HashMap::new();
+    let (mut attributed, mut total) = (0, 0);
+    for s in now.sockets.iter().filter(|s| s.state == TcpState::TimeWait) {
+        total += 1;
+        let Some((pid, comm)) = owners.get(&(canonical(s.local), canonical(s.remote))) else {
+            continue;
+        };
+        attributed += 1;
+        let e = by_dest
+            .entry((
+                s.local.ip().to_canonical(),
+                s.remote.ip().to_canonical(),
+                s.remote.port(),
+            ))
+            .or_default()
+            .entry(*pid)
+            .or_insert_with(|| (comm.clone(), 0));
+        e.1 += 1;
+    }
+    for d in analysis.destinations.iter_mut() {
+        let key = (
+            d.local_ip.to_canonical(),
+            d.remote_ip.to_canonical(),
+            d.remote_port,
+        );
+        let Some(pids) = by_dest.remove(&key) else {
+            continue;
+        };
+        for (pid, (comm, n)) in pids {
+            match d.processes.iter_mut().find(|p| p.pid == pid) {
+                Some(p) => p.sockets += n,
+                None => d.processes.push(ProcessRef {
+                    pid,
+                    comm,
+                    sockets: n,
+                }),
+            }
+        }
+        d.processes
+            .sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
+    }
+    analysis.notes.push(format!(
+        "owners of {attributed} of {total} TIME_WAIT sockets come from BPF (connections that entered TIME_WAIT during the {:.0}s interval); the others have no owner in the socket table",
+        interval.as_secs_f64()
+    ));
+    Ok(Some(Report {
+        source: "bpf",
+        interval_s: interval.as_secs_f64(),
+        time_wait_attributed: attributed,
+        time_wait_total: total,
+        failures: observer.failures()?,
+        unavailable: None,
+    }))
+}
+
+/// The text section "failures in the last N seconds" (nothing when BPF was
+/// not available: the notes say why, once).
+pub fn write_section(out: &mut dyn Write, report: &Report) -> Result<()> {
+    if report.unavailable.is_some() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\nExhaustion failures in the last {:.0} seconds (BPF)",
+        report.interval_s
+    )?;
+    if report.failures.is_empty() {
+        writeln!(out, "  none: every connect() and bind() found a port")?;
+        return Ok(());
+    }
+    for f in &report.failures {
+        let dest = if f.flow.destination.port() == 0 {
+            "-".to_string()
+        } else {
+            f.flow.destination.to_string()
+        };
+        writeln!(
+            out,
+            "  {:>7}  {:<15} {:<22} {}() {}",
+            f.count,
+            f.flow.comm,
+            dest,
+            f.stage,
+            observe::errno_name(f.errno)
+        )?;
+    }
+    Ok(())
+}
