@@ -831,42 +831,6 @@ fn memlock_of(fd: i32) -> Result<u64, Error> {
         })
 }
 
-/// Container id and Kubernetes pod UID found in a cgroup path, if any.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct Identity {
-    /// The container id (64 hex digits).
-    pub container: Option<String>,
-    /// The pod UID (with dashes).
-    pub pod_uid: Option<String>,
-}
-
-impl Identity {
-    /// Reads the container id and pod UID from a cgroup path, in the
-    /// cgroupfs shape (`/kubepods/burstable/pod<uid>/<id>`) and the systemd
-    /// shape (`kubepods-burstable-pod<uid_with_underscores>.slice`,
-    /// `cri-containerd-<id>.scope`, `docker-<id>.scope`, `crio-<id>.scope`).
-    pub fn from_cgroup_path(path: &str) -> Identity {
-        let mut id = Identity::default();
-        for part in Path::new(path).iter().filter_map(|p| p.to_str()) {
-            let stem = part
-                .strip_suffix(".scope")
-                .or_else(|| part.strip_suffix(".slice"))
-                .unwrap_or(part);
-            let last = stem.rsplit(['-', ':']).next().unwrap_or(stem);
-            if last.len() == 64 && last.bytes().all(|b| b.is_ascii_hexdigit()) {
-                id.container = Some(last.to_string());
-            }
-            if let Some(pos) = stem.rfind("pod") {
-                let uid = stem[pos + 3..].replace('_', "-");
-                if uid.len() == 36 && uid.bytes().filter(|b| *b == b'-').count() == 4 {
-                    id.pod_uid = Some(uid);
-                }
-            }
-        }
-        id
-    }
-}
-
 /// Names of cgroups by id: a walk of the cgroup v2 hierarchy (a cgroup's id
 /// is its directory's inode number), refreshed when an unknown id shows up,
 /// at most once a second (an id of a removed cgroup stays unknown).
@@ -999,36 +963,5 @@ mod tests {
         assert_eq!(e.destination, None);
         assert!(RawEvent::parse(&[0u8; 10], wall).is_none());
         assert!(RawEvent::parse(&event_bytes(AF_INET, 9, &[], 0, &[], 0), wall).is_none());
-    }
-
-    #[test]
-    fn reads_container_and_pod_from_cgroup_paths() {
-        let c = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let uid = "8d3b1a5c-3a5e-4e0f-9a51-6a1d0e2b7c11";
-        assert_eq!(
-            Identity::from_cgroup_path(&format!("/kubepods/burstable/pod{uid}/{c}")),
-            Identity {
-                container: Some(c.into()),
-                pod_uid: Some(uid.into())
-            }
-        );
-        assert_eq!(
-            Identity::from_cgroup_path(&format!(
-                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{c}.scope",
-                uid.replace('-', "_")
-            )),
-            Identity {
-                container: Some(c.into()),
-                pod_uid: Some(uid.into())
-            }
-        );
-        assert_eq!(
-            Identity::from_cgroup_path(&format!("/system.slice/docker-{c}.scope")).container,
-            Some(c.to_string())
-        );
-        assert_eq!(
-            Identity::from_cgroup_path("/user.slice/user-1000.slice/session-3.scope"),
-            Identity::default()
-        );
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use fivetuple_bpf::observe::{self, CgroupNames, Counts, Event, Identity, Observer, Options};
+use fivetuple_bpf::observe::{self, CgroupNames, Counts, Event, Observer, Options};
 use fivetuple_scan::netns::{self, Target};
 use serde::Serialize;
 
@@ -184,7 +184,7 @@ impl Trace {
         let path = self.names.path(e.cgroup).map(|p| p.display().to_string());
         let ident = path
             .as_deref()
-            .map(Identity::from_cgroup_path)
+            .map(fivetuple_scan::identity::parse_cgroup_path)
             .unwrap_or_default();
         let errno_name = observe::errno_name(e.errno);
         let dest = e
@@ -201,13 +201,13 @@ impl Trace {
                 event: e,
                 errno_name,
                 cgroup_path: path,
-                container: ident.container,
+                container: ident.container_id,
                 pod_uid: ident.pod_uid,
             };
             serde_json::to_writer(&mut *out, &line)?;
             writeln!(out)?;
         } else {
-            let who = match (&ident.pod_uid, &ident.container) {
+            let who = match (&ident.pod_uid, &ident.container_id) {
                 (Some(pod), Some(c)) => format!("pod {pod} container {}", short(c)),
                 (None, Some(c)) => format!("container {}", short(c)),
                 _ => path.unwrap_or_else(|| format!("cgroup {}", e.cgroup)),

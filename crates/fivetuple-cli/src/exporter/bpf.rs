@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fivetuple_bpf::observe::{CgroupNames, Flow, Identity, Observer};
+use fivetuple_bpf::observe::{CgroupNames, Flow, Observer};
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{counters, gauge, Labels, RunLog};
@@ -137,7 +137,7 @@ fn flow_labels(names: &mut CgroupNames, flow: &Flow) -> FlowLabels {
     let ident = names
         .path(flow.cgroup)
         .and_then(|p| p.to_str())
-        .map(Identity::from_cgroup_path)
+        .map(fivetuple_scan::identity::parse_cgroup_path)
         .unwrap_or_default();
     let destination = if flow.destination.port() == 0 {
         String::new() // a bind failure: no destination yet
@@ -147,7 +147,7 @@ fn flow_labels(names: &mut CgroupNames, flow: &Flow) -> FlowLabels {
     [
         destination,
         flow.comm.clone(),
-        ident.container.unwrap_or_default(),
+        ident.container_id.unwrap_or_default(),
         ident.pod_uid.unwrap_or_default(),
     ]
 }
