@@ -39,7 +39,7 @@ const TCPF_BOUND_INACTIVE: u32 = 1 << 13;
 pub enum Progress {
     /// More datagrams follow.
     More,
-    /// `NLMSG_DONE` seen: this family's dump is complete.
+    /// `NLMSG_DONE` seen: the dump is complete.
     Done,
 }
 
@@ -237,18 +237,33 @@ fn dump(
     buf: &mut Vec<u8>,
     out: &mut Vec<Socket>,
 ) -> Result<(), ScanError> {
+    exchange(
+        sock,
+        req,
+        buf,
+        |step, source| ScanError::Netlink { step, source },
+        |b| parse_datagram(b, seq, out),
+    )
+}
+
+/// Sends `req` and feeds every answer datagram to `parse` until it reports
+/// [`Progress::Done`] (or the socket reads 0 bytes). The one send/receive
+/// loop of every netlink dump in this crate (inet_diag here, ctnetlink and
+/// nftables in `nat`); `on_io` names the failed step (`send`, `recv`) in the
+/// caller's error type.
+pub(crate) fn exchange<E>(
+    sock: &mut NlSocket,
+    req: &[u8],
+    buf: &mut Vec<u8>,
+    on_io: impl Fn(&'static str, std::io::Error) -> E,
+    mut parse: impl FnMut(&[u8]) -> Result<Progress, E>,
+) -> Result<(), E> {
     sock.send_to(req, &NlAddr::new(0, 0), 0)
-        .map_err(|source| ScanError::Netlink {
-            step: "send",
-            source,
-        })?;
+        .map_err(|e| on_io("send", e))?;
     loop {
         buf.clear();
-        let n = sock.recv(buf, 0).map_err(|source| ScanError::Netlink {
-            step: "recv",
-            source,
-        })?;
-        if n == 0 || parse_datagram(buf, seq, out)? == Progress::Done {
+        let n = sock.recv(buf, 0).map_err(|e| on_io("recv", e))?;
+        if n == 0 || parse(buf)? == Progress::Done {
             return Ok(());
         }
     }

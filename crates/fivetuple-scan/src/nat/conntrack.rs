@@ -20,7 +20,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage};
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket as NlSocket, SocketAddr as NlAddr};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket as NlSocket};
 use serde::Serialize;
 
 use super::NatError;
@@ -43,14 +43,7 @@ pub const IPS_SRC_NAT: u32 = 1 << 4;
 /// `IPPROTO_TCP`.
 const IPPROTO_TCP: u8 = 6;
 
-/// What a datagram left the dump in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// More datagrams follow.
-    More,
-    /// `NLMSG_DONE` seen: the dump is complete.
-    Done,
-}
+pub use crate::netlink::Progress;
 
 /// A conntrack TCP state (`enum tcp_conntrack`,
 /// include/uapi/linux/netfilter/nf_conntrack_tcp.h), named as `conntrack -L` prints it.
@@ -538,28 +531,21 @@ pub(super) fn socket() -> Result<NlSocket, NatError> {
     Ok(sock)
 }
 
-/// Sends `req` and feeds every answer datagram to `parse` until it reports [`Progress::Done`].
+/// Sends `req` and feeds every answer datagram to `parse` until it reports
+/// [`Progress::Done`] (the crate's one netlink loop, with this module's error).
 pub(super) fn exchange(
     sock: &mut NlSocket,
     req: &[u8],
     buf: &mut Vec<u8>,
-    mut parse: impl FnMut(&[u8]) -> Result<Progress, NatError>,
+    parse: impl FnMut(&[u8]) -> Result<Progress, NatError>,
 ) -> Result<(), NatError> {
-    sock.send_to(req, &NlAddr::new(0, 0), 0)
-        .map_err(|source| NatError::Netlink {
-            step: "send",
-            source,
-        })?;
-    loop {
-        buf.clear();
-        let n = sock.recv(buf, 0).map_err(|source| NatError::Netlink {
-            step: "recv",
-            source,
-        })?;
-        if n == 0 || parse(buf)? == Progress::Done {
-            return Ok(());
-        }
-    }
+    crate::netlink::exchange(
+        sock,
+        req,
+        buf,
+        |step, source| NatError::Netlink { step, source },
+        parse,
+    )
 }
 
 /// Dumps the TCP conntrack entries of the calling thread's namespace,
