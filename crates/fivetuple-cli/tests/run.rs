@@ -16,13 +16,13 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fivetuple_bpf::cgroup::{own_cgroup, Transient};
+use fivetuple_testkit::nginx::Nginx;
 use support::{have_root, have_tool, BIN};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -42,88 +42,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
-
-/// nginx in the calling thread's namespace on 127.0.0.1:8080, keep-alive on
-/// (so the client closes first), logging `$remote_addr $remote_port`, every
-/// file in a temporary directory. Dropping it stops it and removes the directory.
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(tag: &str) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("fivetuple-run-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1; daemon off; pid {d}/pid; error_log {d}/error.log warn;
-events {{ worker_connections 512; }}
-http {{ log_format p '$remote_addr $remote_port'; access_log {d}/access.log p;
-  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-  server {{ listen 127.0.0.1:{LISTEN_PORT}; listen [::1]:{LISTEN_PORT}; keepalive_requests 100000;
-    location / {{ return 200 \"ok\\n\"; }} }} }}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        // SAFETY: the pre_exec closure only calls setpgid(2), async-signal-safe.
-        let child = unsafe {
-            Command::new("nginx")
-                .arg("-p")
-                .arg(&dir)
-                .arg("-c")
-                .arg(dir.join("nginx.conf"))
-                .arg("-e")
-                .arg(dir.join("error.log"))
-                .pre_exec(|| {
-                    // Its own process group, so Drop stops master and worker at once.
-                    libc::setpgid(0, 0);
-                    Ok(())
-                })
-                .spawn()
-                .expect("start nginx (apt-get install nginx)")
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !dir.join("pid").exists() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not start: {:?}",
-                std::fs::read_to_string(dir.join("error.log"))
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nginx { child, dir }
-    }
-
-    /// The access log's (address, port) lines, once it has at least `n` of
-    /// them or 10 s passed (nginx logs just after responding).
-    fn seen(&self, n: usize) -> Vec<(String, u16)> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
-            let lines: Vec<(String, u16)> = text
-                .lines()
-                .filter_map(|l| {
-                    let (a, p) = l.split_once(' ')?;
-                    Some((a.to_string(), p.trim().parse().ok()?))
-                })
-                .collect();
-            if lines.len() >= n || Instant::now() > deadline {
-                return lines;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SAFETY: signals our own child's process group (set in pre_exec).
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A client's per-call output: local ports of the calls that worked, and the
@@ -205,7 +123,11 @@ fn in_box<T: Send>(tag: &str, extra: &[(&str, &str)], f: impl FnOnce(&Nginx) -> 
     let _serial = serial();
     let sysctls: Vec<(&str, &str)> = SYSCTLS.iter().chain(extra).copied().collect();
     fivetuple_testkit::in_fresh_netns(&sysctls, || {
-        let nginx = Nginx::start(tag);
+        let (v4, v6) = (
+            format!("127.0.0.1:{LISTEN_PORT}"),
+            format!("[::1]:{LISTEN_PORT}"),
+        );
+        let nginx = Nginx::start(tag, &[&v4, &v6]);
         f(&nginx)
     })
 }

@@ -13,6 +13,7 @@
 pub mod nat;
 
 pub mod hostile;
+pub mod nginx;
 pub mod pods;
 
 use std::io::Read;

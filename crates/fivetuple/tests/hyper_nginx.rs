@@ -9,167 +9,15 @@
 
 mod hyper_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
-
 use fivetuple::http::HttpConnector;
 use fivetuple::{Connector, PortRange, Rotation};
+use fivetuple_testkit::nginx::Nginx;
 use hyper_support::{close_per_call, get, in_netns, root_or_skip};
 
 const LO: u16 = 40000;
 const HI: u16 = 40099;
 const CALLS: usize = 5000;
 const LISTEN: &str = "127.0.0.1:8080";
-
-/// nginx started from the calling thread (so in its namespace), with a
-/// config, logs and pid file in its own temporary directory. Dropping it
-/// stops nginx (master and worker) and removes the directory.
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn binary() -> PathBuf {
-        let sbin = Path::new("/usr/sbin/nginx");
-        if sbin.exists() {
-            return sbin.to_path_buf();
-        }
-        PathBuf::from("nginx")
-    }
-
-    fn start() -> Nginx {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("fivetuple-nginx-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let d = dir.display();
-        // Every path nginx writes is in `dir`; temp paths too, so that nothing
-        // under /var/lib/nginx is needed.
-        let conf = format!(
-            "worker_processes 1;
-error_log {d}/error.log warn;
-pid {d}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    log_format ports '$remote_addr $remote_port $status';
-    access_log {d}/access.log ports;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen {LISTEN};
-        location / {{ return 200 \"ok\\n\"; }}
-    }}
-}}
-"
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(Self::binary())
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .args(["-g", "daemon off;"])
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting nginx (apt-get install nginx): {e}"));
-        let mut nginx = Nginx { child, dir };
-        nginx.wait_ready();
-        nginx
-    }
-
-    /// nginx writes its pid file after it has opened its listening sockets.
-    fn wait_ready(&mut self) {
-        let pid = self.dir.join("nginx.pid");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !pid.exists() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("nginx exited ({status}): {}", self.error_log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx not ready in 10 s: {}",
-                self.error_log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-
-    /// Lines of the access log once it has `n` of them (nginx writes a line
-    /// just after sending the response), waiting at most 10 s.
-    fn access_log(&self, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
-            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-            if lines.len() >= n || Instant::now() >= deadline {
-                return lines;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Children of the master (the worker), by scanning /proc for our pid
-    /// as parent.
-    fn workers(&self) -> Vec<i32> {
-        let master = self.child.id().to_string();
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...; comm may contain spaces, so split after ')'.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-                continue;
-            };
-            if rest.split_whitespace().nth(1) == Some(master.as_str()) {
-                if let Ok(pid) = entry.file_name().to_string_lossy().parse() {
-                    pids.push(pid);
-                }
-            }
-        }
-        pids
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let master = self.child.id() as i32;
-        let workers = self.workers();
-        // SIGTERM: fast shutdown, the master stops its workers.
-        // SAFETY: kill() on the pid of our own child, which we have not reaped.
-        unsafe { libc::kill(master, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Ok(None) = self.child.try_wait() {
-            for pid in workers {
-                // SAFETY: kill() on a pid whose parent is our nginx master, which is still alive.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Rotation over the namespace's whole 100-port range, as in the hyper
 /// server test: only rotation opens connections here, so the range is the
@@ -186,7 +34,7 @@ fn netns_root_nginx_5000_close_per_call_gets_from_rotation_range() {
         ("tcp_timestamps", "1"),
     ];
     in_netns("nginx-100", &sysctls, || async {
-        let nginx = Nginx::start();
+        let nginx = Nginx::start("hyper", &[LISTEN]);
         let rotation = Rotation::new(PortRange::new(LO, HI).unwrap()).unwrap();
         let connector = HttpConnector::new(Connector::new(rotation));
         let stats = connector.stats().clone();
