@@ -10,7 +10,7 @@ mod support;
 use support::*;
 
 use std::net::SocketAddr;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use fivetuple_testkit::pods::{ss_in, Node, PodSpec, DATABASE, SERVICE};
 use serde_json::Value;
@@ -34,14 +34,6 @@ fn build_node(tag: &str) -> Node {
     }
     node.settle();
     node
-}
-
-fn doctor(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("doctor")
-        .args(args)
-        .output()
-        .expect("run fivetuple doctor")
 }
 
 /// The JSON destination toward `remote`, if any.

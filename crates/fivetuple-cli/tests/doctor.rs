@@ -8,28 +8,10 @@ use support::*;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn doctor(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("doctor")
-        .args(args)
-        .output()
-        .expect("run fivetuple")
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}); stdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 /// `ss -tan` in the calling thread's namespace, as (local ip, peer ip, peer port) -> state -> count,
 /// skipping listeners and sockets whose local port is in `inbound_ports`.

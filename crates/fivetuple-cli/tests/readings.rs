@@ -11,7 +11,7 @@ use support::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,24 +20,6 @@ use serde_json::Value;
 /// The exporter listens here inside each test's namespace: outside every
 /// test's port range, so it works even when that range is exhausted.
 const EXPORTER: &str = "127.0.0.1:19299";
-
-fn doctor(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("doctor")
-        .args(args)
-        .output()
-        .expect("run fivetuple doctor")
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}); stdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 /// The exporter, killed (by its own pid) when the guard goes away.
 struct Exporter(Child);

@@ -25,6 +25,26 @@ pub fn sysctl(name: &str, value: &str) {
     fivetuple_testkit::set_sysctl(name, value)
 }
 
+/// Runs `fivetuple doctor ARGS` in the calling thread's namespace.
+pub fn doctor(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("doctor")
+        .args(args)
+        .output()
+        .expect("run fivetuple doctor")
+}
+
+/// stdout of a `--json` run, parsed; panics with stdout and stderr otherwise.
+pub fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}); stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// A child process killed (by its own pid) when the guard goes away.
 pub struct Reaper(pub Child);
 
