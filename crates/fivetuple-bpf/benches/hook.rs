@@ -27,6 +27,7 @@
 //! `CLIFF_CONNECTS` (default 500: the hook cannot retry, and rotation with
 //! 90 % of its ports held has 1,000 free ones before it wraps into held ones).
 
+use fivetuple_testkit::bench::median;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -177,11 +178,6 @@ fn hook_policy() -> KernelPolicy {
         PortRange::new(20000, 29999).unwrap(),
     )
     .unwrap()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

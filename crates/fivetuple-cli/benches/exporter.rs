@@ -9,6 +9,7 @@
 //! exporter's RSS. Needs root. Run with
 //! `cargo bench -p fivetuple-cli --bench exporter` (FT_BENCH_SOCKETS to change the size).
 
+use fivetuple_testkit::bench::median;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -67,11 +68,6 @@ fn wait_listening(addr: SocketAddr) {
         assert!(Instant::now() < deadline, "{addr} never listened");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -11,6 +11,7 @@
 //! `nat::scan()` adds there, next to the socket snapshot. Needs root and
 //! nftables + conntrack (scripts/setup): `cargo bench -p fivetuple-scan --bench nat`.
 
+use fivetuple_testkit::bench::{median, time_median, vm_hwm_kib};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -21,27 +22,6 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr as NlAddr};
 
 const RUNS: usize = 7;
 const DEST_PORTS: u32 = 10;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut()>(mut f: F) -> Duration {
-    let mut v = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
-        let t = Instant::now();
-        f();
-        v.push(t.elapsed());
-    }
-    median(v)
-}
-
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 fn dump_and_group() -> usize {
     let mut g = Grouper::default();
@@ -237,10 +217,10 @@ fn main() {
 
     // A namespace without NAT: what nat::scan() adds to a socket snapshot.
     fivetuple_testkit::in_fresh_netns(&[], || {
-        let snap = time(|| {
+        let snap = time_median(RUNS, || {
             fivetuple_scan::snapshot(fivetuple_scan::Reader::Netlink).unwrap();
         });
-        let nat_scan = time(|| {
+        let nat_scan = time_median(RUNS, || {
             assert!(!nat::scan().source_nat);
         });
         println!(

@@ -8,6 +8,7 @@
 //! netlink scan with grouping. Needs root; run with
 //! `cargo bench -p fivetuple-scan --bench scan`.
 
+use fivetuple_testkit::bench::{time_median, vm_hwm_kib};
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -26,29 +27,6 @@ fn scan_and_group(reader: Reader) -> usize {
     let a = model::analyze(None, &snap, None, model::Thresholds::default());
     assert!(!a.destinations.is_empty());
     snap.sockets.len()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut()>(mut f: F) -> Duration {
-    let mut v = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
-        let t = Instant::now();
-        f();
-        v.push(t.elapsed());
-    }
-    median(v)
-}
-
-/// Peak RSS of this process in KiB (`VmHWM`). Read in the child itself:
-/// a child's `ru_maxrss` also counts the parent's RSS at fork/exec time.
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 struct Table {
@@ -134,13 +112,13 @@ fn main() {
             eprintln!("built {n} sockets in {:.1?}", t.elapsed());
             let got = scan_and_group(Reader::Netlink);
             assert!(got >= n, "table has {got} sockets, wanted {n}");
-            let nl = time(|| {
+            let nl = time_median(RUNS, || {
                 scan_and_group(Reader::Netlink);
             });
-            let pr = time(|| {
+            let pr = time_median(RUNS, || {
                 scan_and_group(Reader::Proc);
             });
-            let ss = time(|| {
+            let ss = time_median(RUNS, || {
                 let out = Command::new("ss")
                     .arg("-tan")
                     .stdout(Stdio::piped())

@@ -12,6 +12,7 @@
 
 pub mod nat;
 
+pub mod bench;
 pub mod hostile;
 pub mod nginx;
 pub mod pods;

@@ -13,6 +13,7 @@
 //! Environment: `ROUNDS` (default 7), `POOLED` GETs per round (default
 //! 20000), `CLOSED` GETs per round (default 4000), `CONCURRENCY` (default 4).
 
+use fivetuple_testkit::bench::median;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -106,11 +107,6 @@ fn client<C: Connect + Clone>(connector: C, pooled: bool) -> Client<C, Empty<Byt
         b.pool_max_idle_per_host(0);
     }
     b.build(connector)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 #[derive(Clone, Copy)]
