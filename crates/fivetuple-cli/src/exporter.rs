@@ -32,6 +32,7 @@ mod bpf;
 mod counters;
 mod destinations;
 mod flight;
+mod nat;
 mod node;
 mod scrape;
 mod server;
@@ -214,7 +215,7 @@ pub fn counters(
     Ok(())
 }
 
-/// Builds the registry: settings, destinations, counters, then self.
+/// Builds the registry: settings, destinations, counters, nat, then self.
 /// Everything registered reads the namespace of the thread that encodes it.
 /// With `all_netns`, one `netns` collector reads every namespace of the
 /// node instead (the scrape thread then stays in the host namespace).
@@ -251,6 +252,11 @@ pub fn registry(
     )));
     r.register_collector(Box::new(counters::CountersCollector::new(
         read_counters,
+        log.clone(),
+    )));
+    r.register_collector(Box::new(nat::NatCollector::new(
+        Box::new(fivetuple_scan::nat::scan),
+        top_k,
         log.clone(),
     )));
     if let Some(bpf) = bpf {
@@ -336,7 +342,7 @@ fn target_gone(stats: Arc<server::Stats>) -> Registry {
 }
 
 /// The collectors that read the namespace, in registry order.
-const COLLECTORS: [&str; 3] = ["settings", "destinations", "counters"];
+const COLLECTORS: [&str; 4] = ["settings", "destinations", "counters", "nat"];
 
 /// Accept queue length. std's 128 fills within a tick when hundreds of
 /// hostile connects arrive at once; connects beyond it wait for a SYN
