@@ -5,13 +5,10 @@
 //! fails the test.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fivetuple_testkit::nat::{conntrack_list, curl_loop, serve, Topology, NAT_IP, PORTS, SVC};
+use fivetuple_testkit::nat::{conntrack_list, Load, Topology, NAT_IP, PORTS, SVC};
 use fivetuple_testkit::{have_tool, root_or_skip};
 
 fn doctor(netns: &str, json: bool) -> (i32, String) {
@@ -61,31 +58,7 @@ fn netns_root_doctor_nat_section_matches_conntrack_and_exits_critical() {
     let (_, svc_report) = doctor(&topo.ns("svc"), false);
     assert!(!svc_report.contains("\nNAT "), "{svc_report}");
 
-    let release = Arc::new(AtomicBool::new(false));
-    let peers = Arc::new(Mutex::new(Vec::new()));
-    let server = serve(
-        &topo.ns("svc"),
-        release.clone(),
-        peers.clone(),
-        Duration::from_secs(60),
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    let pods = [curl_loop(&topo.ns("pod1")), curl_loop(&topo.ns("pod2"))];
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let (n, last) = {
-            let p = peers.lock().unwrap();
-            (p.len(), p.last().map(|x| x.1))
-        };
-        if n >= 100 && last.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service accepted only {n} connections"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let load = Load::saturate(&topo);
 
     // doctor's NAT counts equal conntrack -L for the tuple (retried while the table moves).
     let mut agreed = None;
@@ -150,11 +123,5 @@ fn netns_root_doctor_nat_section_matches_conntrack_and_exits_critical() {
     );
     assert!(report.contains("insert_failed"), "{report}");
 
-    release.store(true, Ordering::SeqCst);
-    for mut p in pods {
-        let mut out = String::new();
-        p.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        p.wait().unwrap();
-    }
-    server.join().expect("the service thread");
+    load.finish();
 }
