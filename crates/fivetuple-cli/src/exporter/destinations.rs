@@ -112,15 +112,18 @@ pub fn other_labels(ns: &Labels, keys: &[&'static str]) -> Labels {
         .collect()
 }
 
+/// Destinations, each with the labels of its namespace.
+pub type Labelled<'a, T> = Vec<(&'a Labels, &'a T)>;
+
 /// The cardinality rule of every per-destination family: of `all` (each
 /// item with the labels of its namespace), the `top_k` with the highest
 /// `utilization` keep their own series, the rest are returned to be folded
 /// into one `other` series. Stable, so ties keep their order.
 pub fn split_top_k<'a, T>(
-    mut all: Vec<(&'a Labels, &'a T)>,
+    mut all: Labelled<'a, T>,
     top_k: usize,
     utilization: impl Fn(&T) -> f64,
-) -> (Vec<(&'a Labels, &'a T)>, Vec<(&'a Labels, &'a T)>) {
+) -> (Labelled<'a, T>, Labelled<'a, T>) {
     all.sort_by(|x, y| utilization(y.1).total_cmp(&utilization(x.1)));
     let rest = all.split_off(all.len().min(top_k));
     (all, rest)

@@ -114,6 +114,9 @@ impl Collector for NatCollector {
     }
 }
 
+/// A counter family: name, help, and its value in the statistics.
+type CounterOf = (&'static str, &'static str, fn(&Stats) -> u64);
+
 /// Encodes the NAT families of `views`, `top_k` applying across all of them.
 pub fn encode(enc: &mut DescriptorEncoder, views: &[NatView], top_k: usize) -> std::fmt::Result {
     for fam in families(views, top_k) {
@@ -121,7 +124,7 @@ pub fn encode(enc: &mut DescriptorEncoder, views: &[NatView], top_k: usize) -> s
             gauges(enc, fam.name, fam.help, &fam.series)?;
         }
     }
-    let counter_families: [(&str, &str, fn(&Stats) -> u64); 3] = [
+    let counter_families: [CounterOf; 3] = [
         (
             "fivetuple_conntrack_insert_failed",
             "Conntrack entries that could not be inserted (CTA_STATS_INSERT_FAILED, conntrack -S insert_failed): e.g. source NAT found no free port; the packet was dropped.",
