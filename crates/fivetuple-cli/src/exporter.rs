@@ -254,11 +254,9 @@ pub fn registry(
         read_counters,
         log.clone(),
     )));
-    r.register_collector(Box::new(nat::NatCollector::new(
-        Box::new(fivetuple_scan::nat::scan),
-        top_k,
-        log.clone(),
-    )));
+    if let Some(nat) = nat::NatCollector::if_permitted(top_k, log.clone()) {
+        r.register_collector(Box::new(nat));
+    }
     if let Some(bpf) = bpf {
         r.register_collector(Box::new(bpf.entry(log.clone())));
     }

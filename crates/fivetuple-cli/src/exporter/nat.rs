@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use fivetuple_scan::model::Thresholds;
 use fivetuple_scan::nat::analysis::{NatAnalysis, NatDestination, NatHistory};
-use fivetuple_scan::nat::{NatSnapshot, Stats};
+use fivetuple_scan::nat::{conntrack, NatError, NatSnapshot, Stats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
@@ -83,6 +83,35 @@ impl NatCollector {
             history: Mutex::new(NatHistory::new(MIN_RATE_WINDOW)),
             top_k,
             log,
+        }
+    }
+}
+
+/// Whether `e` says the calling process may not talk to conntrack.
+fn not_permitted(e: &NatError) -> bool {
+    matches!(e, NatError::Netlink { source, .. } if source.raw_os_error() == Some(libc::EPERM))
+}
+
+impl NatCollector {
+    /// The collector for the calling thread's namespace, unless conntrack
+    /// refuses this process (netlink netfilter needs CAP_NET_ADMIN, so an
+    /// exporter run as a plain user gets EPERM): then one stderr line says
+    /// so and no NAT metric is exported, rather than a collector that fails
+    /// on every scrape. Any other error is left to the scrapes to report.
+    pub fn if_permitted(top_k: usize, log: Arc<RunLog>) -> Option<Self> {
+        match conntrack::read_stats() {
+            Err(e) if not_permitted(&e) => {
+                eprintln!(
+                    "fivetuple exporter: NAT and conntrack metrics are off: reading conntrack needs CAP_NET_ADMIN ({})",
+                    crate::error_chain(&e)
+                );
+                None
+            }
+            _ => Some(NatCollector::new(
+                Box::new(fivetuple_scan::nat::scan),
+                top_k,
+                log,
+            )),
         }
     }
 }
