@@ -233,6 +233,7 @@ pub fn registry(
             reader,
             fivetuple_scan::node::default_workers(),
             top_k,
+            nat::permitted(),
             log.clone(),
         )));
         if let Some(bpf) = bpf {

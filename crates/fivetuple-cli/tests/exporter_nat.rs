@@ -10,6 +10,7 @@ mod support;
 use support::*;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 
 use fivetuple_testkit::nat::{conntrack_list, conntrack_s, Load, Topology, NAT_IP, PORTS, SVC};
 
@@ -19,9 +20,23 @@ fn tuple_labels() -> String {
     format!("nat_ip=\"{NAT_IP}\",remote_ip=\"{ip}\",remote_port=\"{port}\"")
 }
 
+/// The namespace labels `exporter --all-netns` puts first on the series of the named namespace.
+fn netns_labels(name: &str) -> String {
+    let inode = std::fs::metadata(format!("/run/netns/{name}"))
+        .unwrap()
+        .ino();
+    format!("netns=\"{inode}\",container_id=\"\",pod_uid=\"\"")
+}
+
 /// `fivetuple_nat_ports` of the tuple, per state.
 fn nat_ports(body: &str) -> BTreeMap<String, u32> {
-    let prefix = format!("fivetuple_nat_ports{{{},state=\"", tuple_labels());
+    nat_ports_in(body, "")
+}
+
+/// `fivetuple_nat_ports` of the tuple, per state, in the namespace whose
+/// labels are `ns` (with a trailing comma; empty for a one-namespace exporter).
+fn nat_ports_in(body: &str, ns: &str) -> BTreeMap<String, u32> {
+    let prefix = format!("fivetuple_nat_ports{{{ns}{},state=\"", tuple_labels());
     body.lines()
         .filter_map(|l| l.strip_prefix(&prefix))
         .map(|rest| {
@@ -166,6 +181,52 @@ fn netns_root_exporter_nat_ports_match_conntrack_and_counters_match_conntrack_s(
         "without NAT: nat collector {:.6} s, destinations collector {:.6} s",
         cost("nat"),
         cost("destinations")
+    );
+
+    // --all-netns: the node's series carry its namespace labels, with the
+    // same counts; the service's namespace has none. Other namespaces on
+    // the machine are scanned too, so the test looks only at its own.
+    let (_all, all_addr) = start_exporter(&["--all-netns", "--top-k", "1000"], |_| {});
+    let node_ns = format!("{},", netns_labels(&node));
+    let svc_ns = netns_labels(&topo.ns("svc"));
+    let mut agreed = None;
+    for _ in 0..20 {
+        let body = get(all_addr, "/metrics").body;
+        let listed = conntrack_list(&node);
+        if nat_ports_in(&body, &node_ns) == listed {
+            agreed = Some(body);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let all = agreed.expect("exporter --all-netns and conntrack -L never agreed on the tuple");
+    assert_eq!(
+        sample(
+            &all,
+            &format!(
+                "fivetuple_nat_utilization_ratio{{{node_ns}{}}} ",
+                tuple_labels()
+            )
+        ),
+        Some(ratio)
+    );
+    assert_eq!(
+        sample(&all, &format!("fivetuple_nat_source_nat_hook{{{svc_ns}}} ")),
+        Some(0.0),
+        "{all}"
+    );
+    assert!(
+        !all.lines()
+            .any(|l| l.starts_with(&format!("fivetuple_nat_ports{{{svc_ns},"))),
+        "{all}"
+    );
+    assert_eq!(
+        sample(
+            &all,
+            "fivetuple_scrape_collector_success{collector=\"nat\"} "
+        ),
+        Some(1.0),
+        "{all}"
     );
 
     let (codes, _) = load.finish();

@@ -92,27 +92,28 @@ fn not_permitted(e: &NatError) -> bool {
     matches!(e, NatError::Netlink { source, .. } if source.raw_os_error() == Some(libc::EPERM))
 }
 
-impl NatCollector {
-    /// The collector for the calling thread's namespace, unless conntrack
-    /// refuses this process (netlink netfilter needs CAP_NET_ADMIN, so an
-    /// exporter run as a plain user gets EPERM): then one stderr line says
-    /// so and no NAT metric is exported, rather than a collector that fails
-    /// on every scrape. Any other error is left to the scrapes to report.
-    pub fn if_permitted(top_k: usize, log: Arc<RunLog>) -> Option<Self> {
-        match conntrack::read_stats() {
-            Err(e) if not_permitted(&e) => {
-                eprintln!(
-                    "fivetuple exporter: NAT and conntrack metrics are off: reading conntrack needs CAP_NET_ADMIN ({})",
-                    crate::error_chain(&e)
-                );
-                None
-            }
-            _ => Some(NatCollector::new(
-                Box::new(fivetuple_scan::nat::scan),
-                top_k,
-                log,
-            )),
+/// Whether conntrack answers the calling thread. Netlink netfilter needs
+/// CAP_NET_ADMIN, so an exporter run as a plain user (or in a DaemonSet
+/// without NET_ADMIN) gets EPERM: then one stderr line says so, and the
+/// caller exports no NAT metric rather than a collector that fails on every
+/// scrape. Any other error is left to the scrapes to report.
+pub fn permitted() -> bool {
+    match conntrack::read_stats() {
+        Err(e) if not_permitted(&e) => {
+            eprintln!(
+                "fivetuple exporter: NAT and conntrack metrics are off: reading conntrack needs CAP_NET_ADMIN ({})",
+                crate::error_chain(&e)
+            );
+            false
         }
+        _ => true,
+    }
+}
+
+impl NatCollector {
+    /// The collector for the calling thread's namespace, if [`permitted`].
+    pub fn if_permitted(top_k: usize, log: Arc<RunLog>) -> Option<Self> {
+        permitted().then(|| NatCollector::new(Box::new(fivetuple_scan::nat::scan), top_k, log))
     }
 }
 
