@@ -123,5 +123,52 @@ fn netns_root_doctor_nat_section_matches_conntrack_and_exits_critical() {
     );
     assert!(report.contains("insert_failed"), "{report}");
 
+    // --all-netns: the node's namespace has the same NAT section, the
+    // service's none, and the exit code counts it (other namespaces on the
+    // machine are scanned too; the test looks only at its own).
+    let out = Command::new(env!("CARGO_BIN_EXE_fivetuple"))
+        .args([
+            "doctor",
+            "--all-netns",
+            "--json",
+            "--interval",
+            "0",
+            "--no-processes",
+        ])
+        .output()
+        .expect("run fivetuple doctor --all-netns");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("doctor --all-netns --json");
+    let named = |name: &str| {
+        doc["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| {
+                n["netns"]["names"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == name))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no namespace {name} in {text}"))
+    };
+    let node_doc = named(&node);
+    let d = node_doc["nat"]["destinations"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|d| d["nat_source"] == NAT_IP && d["destination"] == SVC)
+        })
+        .unwrap_or_else(|| panic!("no NAT destination in {node_doc}"));
+    assert_eq!(
+        d["in_use"].as_u64(),
+        Some(u64::from(conntrack_list(&node).values().sum::<u32>())),
+        "{d}"
+    );
+    assert_eq!(d["severity"], "critical");
+    assert_eq!(node_doc["status"], "critical");
+    assert!(named(&topo.ns("svc")).get("nat").is_none());
+    assert_eq!(out.status.code(), Some(2), "{text}");
+
     load.finish();
 }
