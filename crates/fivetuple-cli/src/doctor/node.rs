@@ -59,9 +59,17 @@ fn analyze_nat(
                     .get(&inode)
                     .and_then(|b| b.as_ref().ok())
                     .map(|(b, t0)| (b, t1.saturating_duration_since(*t0)));
-                if let Some(n) = nat::analysis::analyze(base, &now, &cfg.thresholds) {
-                    r.analysis.status = r.analysis.status.max(n.status);
-                    out.insert(inode, n);
+                match nat::analysis::analyze(base, &now, &cfg.thresholds) {
+                    Some(n) => {
+                        r.analysis.status = r.analysis.status.max(n.status);
+                        out.insert(inode, n);
+                    }
+                    // No source-NAT hook seen; say so if that may be for lack of a reading.
+                    None => r.analysis.notes.extend(
+                        now.notes
+                            .iter()
+                            .map(|note| format!("NAT view incomplete: {note}")),
+                    ),
                 }
             }
             Some(Err(e)) => r
