@@ -308,13 +308,7 @@ fn write_json(
 ) -> Result<()> {
     // The one-namespace document keeps its field order (golden files).
     let b = JsonBody::new(cfg, &now.settings, &now.counters, a);
-    let nat = nat.map(|n| {
-        let mut shown = n.clone();
-        shown
-            .destinations
-            .truncate(if cfg.top == 0 { usize::MAX } else { cfg.top });
-        (shown, n.destinations.len())
-    });
+    let nat = nat.map(|n| nat_shown(cfg, n));
     let doc = JsonDoc {
         schema_version: SCHEMA_VERSION,
         status: b.status,
@@ -339,6 +333,15 @@ fn write_json(
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// The NAT analysis with `--top` destinations, and how many there are in all.
+fn nat_shown(cfg: &Config, n: &NatAnalysis) -> (NatAnalysis, usize) {
+    let mut shown = n.clone();
+    shown
+        .destinations
+        .truncate(if cfg.top == 0 { usize::MAX } else { cfg.top });
+    (shown, n.destinations.len())
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {

@@ -32,6 +32,7 @@ mod bpf;
 mod counters;
 mod destinations;
 mod flight;
+mod nat;
 mod node;
 mod scrape;
 mod server;
@@ -214,7 +215,7 @@ pub fn counters(
     Ok(())
 }
 
-/// Builds the registry: settings, destinations, counters, then self.
+/// Builds the registry: settings, destinations, counters, nat, then self.
 /// Everything registered reads the namespace of the thread that encodes it.
 /// With `all_netns`, one `netns` collector reads every namespace of the
 /// node instead (the scrape thread then stays in the host namespace).
@@ -232,6 +233,7 @@ pub fn registry(
             reader,
             fivetuple_scan::node::default_workers(),
             top_k,
+            nat::permitted(),
             log.clone(),
         )));
         if let Some(bpf) = bpf {
@@ -253,6 +255,9 @@ pub fn registry(
         read_counters,
         log.clone(),
     )));
+    if let Some(nat) = nat::NatCollector::if_permitted(top_k, log.clone()) {
+        r.register_collector(Box::new(nat));
+    }
     if let Some(bpf) = bpf {
         r.register_collector(Box::new(bpf.entry(log.clone())));
     }
@@ -336,7 +341,7 @@ fn target_gone(stats: Arc<server::Stats>) -> Registry {
 }
 
 /// The collectors that read the namespace, in registry order.
-const COLLECTORS: [&str; 3] = ["settings", "destinations", "counters"];
+const COLLECTORS: [&str; 4] = ["settings", "destinations", "counters", "nat"];
 
 /// Accept queue length. std's 128 fills within a tick when hundreds of
 /// hostile connects arrive at once; connects beyond it wait for a SYN

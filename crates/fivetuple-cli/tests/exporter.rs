@@ -172,7 +172,8 @@ fn netns_root_prometheus_scrapes_known_traffic() {
         let usable = query(prom_addr, "fivetuple_usable_ports");
         assert_eq!(value_of(&usable[0]), 100.0);
         let ok = query(prom_addr, "fivetuple_scrape_collector_success");
-        assert_eq!(ok.len(), 3, "{ok:?}");
+        // settings, destinations, counters and nat (root may read conntrack).
+        assert_eq!(ok.len(), 4, "{ok:?}");
         assert!(ok.iter().all(|s| value_of(s) == 1.0), "{ok:?}");
         // Inbound (accepted) sockets of :8080 are not a destination.
         let by_port = query(
@@ -275,7 +276,7 @@ fn netns_root_runs_without_root_and_watches_a_named_netns() {
         return;
     }
     // Unprivileged: nobody can still read its own namespace's table over netlink.
-    let (_e, addr) = start_exporter(&[], |c| {
+    let (e, addr) = start_exporter(&[], |c| {
         c.uid(65534).gid(65534);
     });
     let r = get(addr, "/metrics");
@@ -294,6 +295,18 @@ fn netns_root_runs_without_root_and_watches_a_named_netns() {
     assert_eq!(
         sample(&r.body, "fivetuple_socket_table_source{source=\"netlink\"}"),
         Some(1.0)
+    );
+    // Conntrack is closed to nobody (CAP_NET_ADMIN): no NAT metrics and no
+    // failing collector, one line saying why.
+    assert!(
+        !r.body.contains("collector=\"nat\"") && !r.body.contains("fivetuple_conntrack_"),
+        "{}",
+        r.body
+    );
+    let err = stderr_of(e);
+    assert!(
+        err.contains("NAT and conntrack metrics are off") && err.contains("CAP_NET_ADMIN"),
+        "{err}"
     );
 
     // --netns NAME: the exporter listens in the host namespace and reads the named one.

@@ -12,56 +12,78 @@ use std::time::{Duration, Instant};
 
 use crate::model::{self, listening_ports, may_be_outbound, Analysis, Snapshot, Thresholds};
 
-/// Earlier scans of one namespace, at most two, with only their outbound sockets.
+/// Earlier readings of one kind, at most two, each with the instant it was
+/// taken: the baseline choice of [`History`], for any reading (the socket
+/// table here, the NAT view in [`crate::nat::analysis::NatHistory`]).
 #[derive(Debug, Clone)]
-pub struct History {
+pub struct Baselines<T> {
     min_interval: Duration,
-    older: Option<(Snapshot, Instant)>,
-    newer: Option<(Snapshot, Instant)>,
+    older: Option<(T, Instant)>,
+    newer: Option<(T, Instant)>,
 }
 
-impl History {
-    /// A history whose rates span at least `min_interval` whenever such a scan is kept.
-    pub fn new(min_interval: Duration) -> History {
-        History {
+impl<T> Baselines<T> {
+    /// Baselines whose rates span at least `min_interval` whenever such a reading is kept.
+    pub fn new(min_interval: Duration) -> Baselines<T> {
+        Baselines {
             min_interval,
             older: None,
             newer: None,
         }
     }
 
-    /// The baseline [`History::analyze`] would use at `at`, with its age.
-    fn baseline(&self, at: Instant) -> Option<(&Snapshot, Duration)> {
+    /// The baseline for a reading taken at `at`, with its age: the newest
+    /// kept reading at least `min_interval` old, else the oldest kept one;
+    /// `None` when nothing is kept or it is no older than `at`.
+    pub fn baseline(&self, at: Instant) -> Option<(&T, Duration)> {
         let age = |t: &Instant| at.saturating_duration_since(*t);
         let newer = self.newer.as_ref().map(|(s, t)| (s, age(t)));
         let older = self.older.as_ref().map(|(s, t)| (s, age(t)));
         match (newer, older) {
             (Some(n), _) if n.1 >= self.min_interval => Some(n),
             (_, Some(o)) if o.1 >= self.min_interval => Some(o),
-            // Nothing old enough yet: the oldest kept scan is the best there is.
+            // Nothing old enough yet: the oldest kept reading is the best there is.
             (n, o) => o.or(n).filter(|(_, d)| !d.is_zero()),
         }
     }
 
-    /// Analyses `now` (taken at `at`) against the best baseline, then keeps
-    /// `now` as the next baseline unless the newest kept scan is still
-    /// younger than `min_interval`.
-    pub fn analyze(&mut self, now: Snapshot, at: Instant, thresholds: Thresholds) -> Analysis {
-        let analysis = model::analyze(self.baseline(at), &now, None, thresholds);
+    /// Keeps `now` (taken at `at`) as the next baseline, made by `slim`,
+    /// unless the newest kept reading is still younger than `min_interval`
+    /// (a burst of scrapes), in which case `now` is dropped.
+    pub fn keep(&mut self, now: T, at: Instant, slim: impl FnOnce(T) -> T) {
         let keep = match &self.newer {
             None => true,
             Some((_, t)) => at.saturating_duration_since(*t) >= self.min_interval,
         };
         if keep {
             self.older = self.newer.take();
-            self.newer = Some((outbound_only(now), at));
+            self.newer = Some((slim(now), at));
         }
+    }
+}
+
+/// Earlier scans of one namespace, at most two, with only their outbound sockets.
+#[derive(Debug, Clone)]
+pub struct History(Baselines<Snapshot>);
+
+impl History {
+    /// A history whose rates span at least `min_interval` whenever such a scan is kept.
+    pub fn new(min_interval: Duration) -> History {
+        History(Baselines::new(min_interval))
+    }
+
+    /// Analyses `now` (taken at `at`) against the best baseline, then keeps
+    /// `now` as the next baseline unless the newest kept scan is still
+    /// younger than `min_interval`.
+    pub fn analyze(&mut self, now: Snapshot, at: Instant, thresholds: Thresholds) -> Analysis {
+        let analysis = model::analyze(self.0.baseline(at), &now, None, thresholds);
+        self.0.keep(now, at, outbound_only);
         analysis
     }
 
     /// Age of the baseline the next analysis at `at` would use.
     pub fn baseline_age(&self, at: Instant) -> Option<Duration> {
-        self.baseline(at).map(|(_, d)| d)
+        self.0.baseline(at).map(|(_, d)| d)
     }
 }
 
@@ -163,7 +185,7 @@ mod tests {
     fn baselines_keep_outbound_sockets_only() {
         let mut h = History::new(Duration::from_secs(1));
         h.analyze(snap(3), Instant::now(), Thresholds::default());
-        let (kept, _) = h.newer.as_ref().unwrap();
+        let (kept, _) = h.0.newer.as_ref().unwrap();
         assert_eq!(kept.sockets.len(), 3, "the listener is dropped");
     }
 }

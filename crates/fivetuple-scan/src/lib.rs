@@ -45,7 +45,7 @@ pub mod socket;
 
 pub use error::ScanError;
 pub use fivetuple_kernel::{PortRange, ReservedPorts};
-pub use history::History;
+pub use history::{Baselines, History};
 pub use model::{
     Analysis, Destination, Direction, Directions, Finding, FindingCode, Severity, Snapshot,
     StateCounts, Thresholds,

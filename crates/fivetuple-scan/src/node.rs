@@ -262,14 +262,26 @@ fn is_gone(e: &ScanError) -> bool {
 /// `Ok(None)` when the namespace is gone: every way in failed with "no
 /// such process/file", or led to another namespace.
 pub fn scan(ns: &Netns, reader: Reader) -> Result<Option<Snapshot>, ScanError> {
+    run_in(ns, move || crate::snapshot(reader))
+}
+
+/// Runs `f` inside `ns` as [`scan`] enters it (the same checks, the same
+/// `Ok(None)` when the namespace is gone), for readings other than the
+/// socket table (the NAT view).
+pub fn run_in<T, F>(ns: &Netns, f: F) -> Result<Option<T>, ScanError>
+where
+    T: Send + 'static,
+    F: Fn() -> Result<T, ScanError> + Clone + Send + 'static,
+{
     let mut first_error = None;
     for target in ns.targets() {
         let want = ns.inode;
-        let r = netns::run_in(&target, move || -> Result<Option<Snapshot>, ScanError> {
+        let f = f.clone();
+        let r = netns::run_in(&target, move || -> Result<Option<T>, ScanError> {
             if current_inode()? != want {
                 return Ok(None);
             }
-            crate::snapshot(reader).map(Some)
+            f().map(Some)
         });
         match r {
             Ok(Ok(Some(snap))) => return Ok(Some(snap)),

@@ -7,16 +7,13 @@
 //! and curl (scripts/setup); under CI=true a missing one fails the test.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fivetuple_scan::nat::{self, Basis, CtTcpState, NatSnapshot};
 use fivetuple_scan::netns::Target;
 use fivetuple_testkit::nat::{
-    conntrack_list, conntrack_s, curl_loop, serve, Topology, NAT_IP, PER_POD, PORTS, SVC,
+    conntrack_list, conntrack_s, Load, Topology, NAT_IP, PER_POD, PORTS, SVC,
 };
 use fivetuple_testkit::{have_tool, root_or_skip};
 
@@ -53,35 +50,9 @@ fn nat_root_masquerade_past_the_port_budget_matches_conntrack_and_counts_drops()
     );
     let before_stats = before.stats.expect("conntrack statistics");
 
-    let release = Arc::new(AtomicBool::new(false));
-    let peers = Arc::new(Mutex::new(Vec::new()));
-    let server = serve(
-        &topo.ns("svc"),
-        release.clone(),
-        peers.clone(),
-        Duration::from_secs(60),
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    let pods = [curl_loop(&topo.ns("pod1")), curl_loop(&topo.ns("pod2"))];
-
     // Every NAT port is taken once the service holds 100 connections, and
     // no further one arrives for longer than the curl connect timeout.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let (n, last) = {
-            let p = peers.lock().unwrap();
-            (p.len(), p.last().map(|x| x.1))
-        };
-        let quiet = last.is_some_and(|t| t.elapsed() > Duration::from_secs(5));
-        if n >= 100 && quiet {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service accepted only {n} connections"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let load = Load::saturate(&topo);
 
     // The scan and `conntrack -L` agree on the tuple (retried while the
     // table still moves; the held connections keep it still).
@@ -140,18 +111,7 @@ fn nat_root_masquerade_past_the_port_budget_matches_conntrack_and_counts_drops()
 
     // What the peers saw: the service only ever saw the NAT address, on at
     // most 100 distinct ports inside the range; callers beyond that timed out.
-    release.store(true, Ordering::SeqCst);
-    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
-    for mut p in pods {
-        let mut out = String::new();
-        p.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        p.wait().unwrap();
-        for c in out.lines() {
-            *codes.entry(c.to_string()).or_default() += 1;
-        }
-    }
-    server.join().expect("the service thread");
-    let seen: Vec<SocketAddr> = peers.lock().unwrap().iter().map(|p| p.0).collect();
+    let (codes, seen) = load.finish();
     let distinct: BTreeSet<u16> = seen.iter().map(|a| a.port()).collect();
     assert!(
         seen.iter()

@@ -198,6 +198,96 @@ pub fn curl_loop(ns: &str) -> Child {
         .expect("start the curl loop")
 }
 
+/// The service and a curl loop in each pod, driven past the NAT's ports.
+/// Dropping it (also on panic) releases the service and waits for the loops.
+pub struct Load {
+    release: Arc<AtomicBool>,
+    peers: Arc<Mutex<Vec<(SocketAddr, Instant)>>>,
+    server: Option<std::thread::JoinHandle<()>>,
+    pods: Vec<Child>,
+}
+
+impl Load {
+    /// Starts the service in `svc` and both curl loops, and returns once
+    /// every NAT port is taken: the service holds at least 100 connections
+    /// and none has arrived for 5 s, longer than curl's 3 s connect
+    /// timeout, so the calls beyond the budget have timed out. Bounded: 40 s.
+    pub fn saturate(t: &Topology) -> Load {
+        let release = Arc::new(AtomicBool::new(false));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let server = serve(
+            &t.ns("svc"),
+            release.clone(),
+            peers.clone(),
+            Duration::from_secs(60),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let load = Load {
+            release,
+            peers,
+            server: Some(server),
+            pods: vec![curl_loop(&t.ns("pod1")), curl_loop(&t.ns("pod2"))],
+        };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let (n, last) = {
+                let p = load.peers.lock().unwrap();
+                (p.len(), p.last().map(|x| x.1))
+            };
+            if n >= 100 && last.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+                return load;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service accepted only {n} connections"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Releases the held connections, waits for the service and both
+    /// loops, and returns what the peers saw: each curl exit code with its
+    /// count, and the address of every connection the service accepted.
+    pub fn finish(mut self) -> (BTreeMap<String, usize>, Vec<SocketAddr>) {
+        let codes = self.stop();
+        let seen = self.peers.lock().unwrap().iter().map(|p| p.0).collect();
+        (codes, seen)
+    }
+
+    fn stop(&mut self) -> BTreeMap<String, usize> {
+        self.release.store(true, Ordering::SeqCst);
+        let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+        for mut p in self.pods.drain(..) {
+            let mut out = String::new();
+            if let Some(mut o) = p.stdout.take() {
+                let _ = o.read_to_string(&mut out);
+            }
+            let _ = p.wait();
+            for c in out.lines() {
+                *codes.entry(c.to_string()).or_default() += 1;
+            }
+        }
+        if let Some(s) = self.server.take() {
+            s.join().expect("the service thread");
+        }
+        codes
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.stop();
+        } else {
+            // Unwinding: release and reap, but a second panic would abort.
+            self.release.store(true, Ordering::SeqCst);
+            for mut p in self.pods.drain(..) {
+                let _ = p.wait();
+            }
+        }
+    }
+}
+
 /// `conntrack -L -p tcp` in `ns`: per-state counts of the entries whose reply
 /// tuple is (service -> NAT address), the same tuple the scan groups by.
 pub fn conntrack_list(ns: &str) -> BTreeMap<String, u32> {

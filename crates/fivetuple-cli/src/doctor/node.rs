@@ -1,19 +1,86 @@
 //! `doctor --all-netns`: every network namespace of the host, each entered
 //! on its own thread (`fivetuple_scan::node`), one section per namespace,
 //! worst utilization first. The exit code is the worst across namespaces.
+//! A namespace that source-NATs gets its NAT section too, read before and
+//! after the socket scans (so its rate spans them, with no extra wait).
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use fivetuple_scan::identity::Identity;
 use fivetuple_scan::model::Severity;
+use fivetuple_scan::nat::{self, analysis::NatAnalysis, NatSnapshot};
 use fivetuple_scan::node::{self, NamespaceReport, Netns, NodeOptions};
+use fivetuple_scan::ScanError;
 use serde::Serialize;
 
 use super::{
-    exit_code, rate_note, severity_name, write_namespace, Config, JsonBody, JsonThresholds,
-    SCHEMA_VERSION,
+    exit_code, nat_shown, rate_note, severity_name, write_namespace, Config, JsonBody, JsonNat,
+    JsonThresholds, SCHEMA_VERSION,
 };
+
+/// The NAT view of each namespace (by inode) and when it was read; `Err`
+/// when it could not be entered. Gone namespaces are left out.
+type NatReadings = HashMap<u64, Result<(NatSnapshot, Instant), ScanError>>;
+
+fn read_nat(namespaces: &[Netns]) -> NatReadings {
+    namespaces
+        .iter()
+        .filter_map(|ns| {
+            let r = node::run_in(ns, || Ok(nat::scan()));
+            let at = Instant::now();
+            match r {
+                Ok(Some(snap)) => Some((ns.inode, Ok((snap, at)))),
+                Ok(None) => None,
+                Err(e) => Some((ns.inode, Err(e))),
+            }
+        })
+        .collect()
+}
+
+/// Analyses each scanned namespace's NAT view (rates against `before`),
+/// raises its status by the NAT's (NAT exhaustion counts like socket
+/// exhaustion) and notes a NAT view that could not be read.
+fn analyze_nat(
+    cfg: &Config,
+    scanned: &mut [(Netns, NamespaceReport)],
+    before: &NatReadings,
+) -> HashMap<u64, NatAnalysis> {
+    let netns: Vec<Netns> = scanned.iter().map(|(_, r)| r.netns.clone()).collect();
+    let mut after = read_nat(&netns);
+    let mut out = HashMap::new();
+    for (_, r) in scanned.iter_mut() {
+        let inode = r.netns.inode;
+        match after.remove(&inode) {
+            Some(Ok((now, t1))) => {
+                let base = before
+                    .get(&inode)
+                    .and_then(|b| b.as_ref().ok())
+                    .map(|(b, t0)| (b, t1.saturating_duration_since(*t0)));
+                match nat::analysis::analyze(base, &now, &cfg.thresholds) {
+                    Some(n) => {
+                        r.analysis.status = r.analysis.status.max(n.status);
+                        out.insert(inode, n);
+                    }
+                    // No source-NAT hook seen; say so if that may be for lack of a reading.
+                    None => r.analysis.notes.extend(
+                        now.notes
+                            .iter()
+                            .map(|note| format!("NAT view incomplete: {note}")),
+                    ),
+                }
+            }
+            Some(Err(e)) => r
+                .analysis
+                .notes
+                .push(format!("NAT view unreadable: {}", crate::error_chain(&e))),
+            None => {}
+        }
+    }
+    out
+}
 
 /// Exit code when a namespace could not be scanned and none is critical.
 const EXIT_UNKNOWN: u8 = crate::EXIT_UNKNOWN;
@@ -28,7 +95,13 @@ pub(super) fn run(cfg: &Config, out: &mut dyn Write) -> Result<u8> {
         thresholds: cfg.thresholds,
         processes: cfg.processes,
     };
+    let nat_before = if cfg.interval.is_zero() {
+        NatReadings::new()
+    } else {
+        read_nat(&discovery.namespaces)
+    };
     let mut scan = node::analyze_node(discovery.namespaces, &opts);
+    let nats = analyze_nat(cfg, &mut scan.scanned, &nat_before);
     // Worst utilization first; then worst status; then by inode, for a stable order.
     scan.scanned.sort_by(|(_, a), (_, b)| {
         b.worst_utilization()
@@ -44,9 +117,9 @@ pub(super) fn run(cfg: &Config, out: &mut dyn Write) -> Result<u8> {
         .unwrap_or(Severity::Ok);
     let code = node_exit_code(worst, !scan.failed.is_empty());
     if cfg.json {
-        write_json(out, cfg, &scan, worst, code, discovery.denied)?;
+        write_json(out, cfg, &scan, &nats, worst, code, discovery.denied)?;
     } else {
-        write_report(out, cfg, &scan, worst, code, discovery.denied)?;
+        write_report(out, cfg, &scan, &nats, worst, code, discovery.denied)?;
     }
     Ok(code)
 }
@@ -120,6 +193,7 @@ fn write_report(
     out: &mut dyn Write,
     cfg: &Config,
     scan: &node::NodeScan<NamespaceReport>,
+    nats: &HashMap<u64, NatAnalysis>,
     worst: Severity,
     code: u8,
     denied: usize,
@@ -172,6 +246,9 @@ fn write_report(
             r.analysis.totals.sockets
         )?;
         write_namespace(out, cfg, &r.settings, &r.counters, &r.analysis)?;
+        if let Some(n) = nats.get(&r.netns.inode) {
+            crate::nat_report::write_text(out, n, cfg.top, severity_name)?;
+        }
     }
     if !scan.vanished.is_empty() || !scan.failed.is_empty() || denied > 0 {
         writeln!(out, "\nSkipped")?;
@@ -266,6 +343,9 @@ struct JsonNamespace<'a> {
     worst_utilization: f64,
     #[serde(flatten)]
     body: JsonBody<'a>,
+    /// The NAT section; absent when the namespace has no source-NAT hook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nat: Option<JsonNat<'a>>,
 }
 
 #[derive(Serialize)]
@@ -278,10 +358,13 @@ fn write_json(
     out: &mut dyn Write,
     cfg: &Config,
     scan: &node::NodeScan<NamespaceReport>,
+    nats: &HashMap<u64, NatAnalysis>,
     worst: Severity,
     code: u8,
     denied: usize,
 ) -> Result<()> {
+    let nats: HashMap<u64, (NatAnalysis, usize)> =
+        nats.iter().map(|(k, n)| (*k, nat_shown(cfg, n))).collect();
     let doc = JsonNode {
         schema_version: SCHEMA_VERSION,
         status: worst,
@@ -295,6 +378,10 @@ fn write_json(
                 netns: JsonNetns::new(&r.netns),
                 worst_utilization: r.worst_utilization(),
                 body: JsonBody::new(cfg, &r.settings, &r.counters, &r.analysis),
+                nat: nats.get(&r.netns.inode).map(|(analysis, total)| JsonNat {
+                    analysis,
+                    destinations_total: *total,
+                }),
             })
             .collect(),
         vanished: scan.vanished.iter().map(JsonNetns::new).collect(),

@@ -89,6 +89,9 @@ impl Collector for DestinationsCollector {
     }
 }
 
+/// The labels that name a socket destination.
+const DEST_LABELS: [&str; 3] = ["local_ip", "remote_ip", "remote_port"];
+
 fn dest_labels(ns: &Labels, d: &Destination) -> Labels {
     let mut l = ns.clone();
     l.extend([
@@ -99,19 +102,35 @@ fn dest_labels(ns: &Labels, d: &Destination) -> Labels {
     l
 }
 
-/// The labels of the folded series: every label of a kept series, valued `other`.
-fn other_labels(ns: &Labels) -> Labels {
+/// The labels of the folded series: the namespace labels and the
+/// destination labels `keys` of a kept series, each valued `other`.
+pub fn other_labels(ns: &Labels, keys: &[&'static str]) -> Labels {
     ns.iter()
-        .map(|(k, _)| (*k, "other".to_string()))
-        .chain(
-            ["local_ip", "remote_ip", "remote_port"]
-                .into_iter()
-                .map(|k| (k, "other".to_string())),
-        )
+        .map(|(k, _)| *k)
+        .chain(keys.iter().copied())
+        .map(|k| (k, "other".to_string()))
         .collect()
 }
 
-fn with(mut l: Labels, k: &'static str, v: &str) -> Labels {
+/// Destinations, each with the labels of its namespace.
+pub type Labelled<'a, T> = Vec<(&'a Labels, &'a T)>;
+
+/// The cardinality rule of every per-destination family: of `all` (each
+/// item with the labels of its namespace), the `top_k` with the highest
+/// `utilization` keep their own series, the rest are returned to be folded
+/// into one `other` series. Stable, so ties keep their order.
+pub fn split_top_k<'a, T>(
+    mut all: Labelled<'a, T>,
+    top_k: usize,
+    utilization: impl Fn(&T) -> f64,
+) -> (Labelled<'a, T>, Labelled<'a, T>) {
+    all.sort_by(|x, y| utilization(y.1).total_cmp(&utilization(x.1)));
+    let rest = all.split_off(all.len().min(top_k));
+    (all, rest)
+}
+
+/// `l` plus the label `k`=`v`.
+pub fn with(mut l: Labels, k: &'static str, v: &str) -> Labels {
     l.push((k, v.to_string()));
     l
 }
@@ -130,14 +149,12 @@ pub fn families(a: &Analysis, top_k: usize) -> Vec<Family> {
 /// folded into one `other` series. Per-namespace totals carry the
 /// namespace labels.
 pub fn node_families(namespaces: &[(Labels, &Analysis)], top_k: usize) -> Vec<Family> {
-    let mut all: Vec<(&Labels, &Destination)> = namespaces
+    let all: Vec<(&Labels, &Destination)> = namespaces
         .iter()
         .flat_map(|(l, a)| a.destinations.iter().map(move |d| (l, d)))
         .collect();
     // Stable: one namespace's destinations keep the analysis' order.
-    all.sort_by(|x, y| y.1.utilization.total_cmp(&x.1.utilization));
-    let split = all.len().min(top_k);
-    let (top, rest) = all.split_at(split);
+    let (top, rest) = split_top_k(all, top_k, |d| d.utilization);
 
     let mut sockets = Vec::new();
     let mut in_use = Vec::new();
@@ -145,7 +162,7 @@ pub fn node_families(namespaces: &[(Labels, &Analysis)], top_k: usize) -> Vec<Fa
     let mut sustainable = Vec::new();
     let mut rate = Vec::new();
     let mut exhaustion = Vec::new();
-    for (ns, d) in top {
+    for (ns, d) in &top {
         let l = dest_labels(ns, d);
         for (state, n) in d.states.iter() {
             sockets.push((with(l.clone(), "state", state.name()), f64::from(n)));
@@ -161,7 +178,7 @@ pub fn node_families(namespaces: &[(Labels, &Analysis)], top_k: usize) -> Vec<Fa
         }
     }
     if let Some((ns, _)) = rest.first() {
-        let l = other_labels(ns);
+        let l = other_labels(ns, &DEST_LABELS);
         let rest: Vec<&Destination> = rest.iter().map(|(_, d)| *d).collect();
         let mut states: std::collections::BTreeMap<&str, u32> = Default::default();
         for d in &rest {

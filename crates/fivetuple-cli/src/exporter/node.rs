@@ -18,12 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fivetuple_scan::model::{Analysis, Thresholds};
+use fivetuple_scan::nat::analysis::NatHistory;
 use fivetuple_scan::node::{self, Netns};
 use fivetuple_scan::{History, Reader, Settings};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::destinations::{node_families, Family, MIN_RATE_WINDOW};
+use super::nat::NatView;
 use super::{counters, gauge, gauges, Labels, RunLog};
 
 /// The labels that name a namespace on every per-namespace and destination series.
@@ -44,19 +46,23 @@ pub struct NodeCollector {
     workers: usize,
     top_k: usize,
     histories: Mutex<HashMap<u64, History>>,
+    /// NAT histories per namespace; `None` when the NAT view is off.
+    nat: Option<Mutex<HashMap<u64, NatHistory>>>,
     vanished: AtomicU64,
     failed: AtomicU64,
     log: Arc<RunLog>,
 }
 
 impl NodeCollector {
-    /// A collector scanning `workers` namespaces at a time and keeping `top_k` destinations.
-    pub fn new(reader: Reader, workers: usize, top_k: usize, log: Arc<RunLog>) -> Self {
+    /// A collector scanning `workers` namespaces at a time and keeping
+    /// `top_k` destinations; with `nat`, also the NAT view of each namespace.
+    pub fn new(reader: Reader, workers: usize, top_k: usize, nat: bool, log: Arc<RunLog>) -> Self {
         NodeCollector {
             reader,
             workers,
             top_k,
             histories: Mutex::new(HashMap::new()),
+            nat: nat.then(|| Mutex::new(HashMap::new())),
             vanished: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             log,
@@ -92,7 +98,12 @@ impl Collector for NodeCollector {
                 return Ok(());
             }
         };
-        let scan = node::scan_all(discovery.namespaces, self.reader, self.workers, |_, s| s);
+        let with_nat = self.nat.is_some();
+        // The NAT view: a second entry into each namespace, on the same worker.
+        let scan = node::scan_all(discovery.namespaces, self.reader, self.workers, |ns, s| {
+            let nat = with_nat.then(|| node::run_in(ns, || Ok(fivetuple_scan::nat::scan())));
+            (s, nat)
+        });
         self.vanished
             .fetch_add(scan.vanished.len() as u64, Ordering::Relaxed);
         self.failed
@@ -107,12 +118,42 @@ impl Collector for NodeCollector {
         }
         let at = Instant::now();
         let mut scanned = Vec::with_capacity(scan.scanned.len());
+        let (mut nat_views, mut nat_problems) = (Vec::new(), Vec::new());
         {
             // A panic while holding the lock leaves at worst one rate measured over a longer window.
             let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
             let live: HashSet<u64> = scan.scanned.iter().map(|(ns, _)| ns.inode).collect();
             histories.retain(|inode, _| live.contains(inode));
-            for (netns, snap) in scan.scanned {
+            let mut nat_histories = self
+                .nat
+                .as_ref()
+                .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
+            if let Some(h) = nat_histories.as_mut() {
+                h.retain(|inode, _| live.contains(inode));
+            }
+            for (netns, (snap, nat)) in scan.scanned {
+                let labels = netns_labels(&netns);
+                match (nat, nat_histories.as_mut()) {
+                    (Some(Ok(Some(nat))), Some(h)) => {
+                        let history = h
+                            .entry(netns.inode)
+                            .or_insert_with(|| NatHistory::new(MIN_RATE_WINDOW));
+                        let (view, problems) = NatView::analyze(labels.clone(), nat, at, history);
+                        nat_views.push(view);
+                        nat_problems.extend(
+                            problems
+                                .into_iter()
+                                .map(|p| format!("netns {}: {p}", netns.inode)),
+                        );
+                    }
+                    (Some(Err(e)), _) => nat_problems.push(format!(
+                        "netns {}: {}",
+                        netns.inode,
+                        crate::error_chain(&e)
+                    )),
+                    // Off, or the namespace went away between the two readings.
+                    _ => {}
+                }
                 let mut states = BTreeMap::new();
                 for s in &snap.sockets {
                     *states.entry(s.state.name()).or_default() += 1;
@@ -123,7 +164,7 @@ impl Collector for NodeCollector {
                     .or_insert_with(|| History::new(MIN_RATE_WINDOW))
                     .analyze(snap, at, Thresholds::default());
                 scanned.push(Scanned {
-                    labels: netns_labels(&netns),
+                    labels,
                     netns,
                     settings,
                     states,
@@ -166,6 +207,16 @@ impl Collector for NodeCollector {
             ],
         )?;
         self.log.ok("netns", started);
+        if with_nat {
+            let nat_started = Instant::now();
+            super::nat::encode(&mut enc, &nat_views, self.top_k)?;
+            if nat_problems.is_empty() {
+                self.log.ok("nat", nat_started);
+            } else {
+                self.log
+                    .failed("nat", nat_started, &nat_problems.join("; "));
+            }
+        }
         Ok(())
     }
 }

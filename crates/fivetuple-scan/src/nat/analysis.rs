@@ -3,12 +3,13 @@
 //! failure counters over the interval, and the resulting severity. The
 //! words (findings and advice) live in [`super::advice`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::{Capacity, CtTcpState, NatKey, NatSnapshot, StateCounts, Stats};
 use crate::model::{Finding, Severity, Thresholds};
+use crate::Baselines;
 
 /// One post-NAT destination, analysed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -174,6 +175,36 @@ pub fn analyze(
     Some(a)
 }
 
+/// Earlier NAT scans of one namespace, for the rates of a long-running
+/// reader (the exporter): the same baseline choice as [`crate::History`].
+#[derive(Debug, Clone)]
+pub struct NatHistory(Baselines<NatSnapshot>);
+
+impl NatHistory {
+    /// A history whose rates span at least `min_interval` whenever such a scan is kept.
+    pub fn new(min_interval: Duration) -> NatHistory {
+        NatHistory(Baselines::new(min_interval))
+    }
+
+    /// Analyses `now` (taken at `at`) against the best baseline (see
+    /// [`analyze`]), then keeps its groups and counters as the next one.
+    pub fn analyze(
+        &mut self,
+        now: NatSnapshot,
+        at: Instant,
+        t: &Thresholds,
+    ) -> Option<NatAnalysis> {
+        let analysis = analyze(self.0.baseline(at), &now, t);
+        // A baseline is asked only for its groups and counters.
+        self.0.keep(now, at, |mut s| {
+            s.rules = Default::default();
+            s.notes = Vec::new();
+            s
+        });
+        analysis
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Basis, NatGroup, Rules};
@@ -263,6 +294,20 @@ mod tests {
         assert!(codes.contains(&"nat_port_utilization"), "{codes:?}");
         assert!(codes.contains(&"conntrack_drops"), "{codes:?}");
         assert!(codes.contains(&"conntrack_table_full"), "{codes:?}");
+    }
+
+    #[test]
+    fn history_measures_growth_between_scans() {
+        let t = Thresholds::default();
+        let mut h = NatHistory::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let a = h.analyze(snap(40, Stats::default()), t0, &t).unwrap();
+        assert_eq!(a.destinations[0].growth_per_s, None, "first scan: no rate");
+        let a = h
+            .analyze(snap(60, Stats::default()), t0 + Duration::from_secs(2), &t)
+            .unwrap();
+        assert_eq!(a.destinations[0].growth_per_s, Some(10.0));
+        assert_eq!(a.destinations[0].seconds_to_exhaustion, Some(4.0));
     }
 
     #[test]
