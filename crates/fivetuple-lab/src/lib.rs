@@ -19,6 +19,7 @@ pub mod config;
 pub mod driver;
 mod error;
 mod hook;
+pub mod nat;
 pub mod netns;
 pub mod report;
 pub mod scenario;
