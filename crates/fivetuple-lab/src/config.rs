@@ -59,7 +59,9 @@ pub enum Remedy {
     /// runs only when named (`--only naive,attach`).
     Attach,
     /// `--topology nat` only: the node source-NATs to [`SNAT_ADDRESSES`]
-    /// addresses (nft `snat to` an address range), each with the NAT's ports.
+    /// addresses (nft `snat to` an address range), each with the NAT's
+    /// ports. nf_nat picks the address by a hash of (client address,
+    /// destination address), so each pod keeps one of them.
     SnatPool,
     /// `--topology nat` only: the masquerade rule with `fully-random`
     /// (iptables `--random-fully`): random NAT ports, the same number of them.
@@ -139,7 +141,7 @@ impl Remedy {
             Remedy::Spread => "16 source addresses (IP_BIND_ADDRESS_NO_PORT): 16 times the ports",
             Remedy::Pooled => "keep-alive pool: no new connection per call, the real fix",
             Remedy::Attach => "the naive client unmodified, fixed in the kernel: fivetuple run's cgroup connect hook rotating over the range",
-            Remedy::SnatPool => "nat: the node SNATs to 4 addresses (nft snat to a range): 4 times the NAT ports",
+            Remedy::SnatPool => "nat: the node SNATs to a range of 4 addresses (nft snat to A-B): up to 4 times the NAT ports; nf_nat keeps one address per (client, destination)",
             Remedy::RandomFully => "nat: masquerade fully-random (iptables --random-fully): random NAT ports, no more of them",
         }
     }

@@ -464,6 +464,16 @@ fn run_loopback(
 /// would show one call fewer than the budget: it closes with RST
 /// (`SO_LINGER {on, 0}`), which leaves no TIME_WAIT on either side.
 async fn wait_until_answers(upstream: SocketAddr, stop: &AtomicBool) -> Result<(), LabError> {
+    wait_reachable(upstream, false, stop).await
+}
+
+/// Connects to `target` every 20 ms for up to 5 s until it answers (or,
+/// with `refused_proves_path`, refuses); the connection is closed with RST.
+async fn wait_reachable(
+    target: SocketAddr,
+    refused_proves_path: bool,
+    stop: &AtomicBool,
+) -> Result<(), LabError> {
     let mut probe = fivetuple::Connector::new(fivetuple::KernelDefault);
     probe
         .set_linger_zero(true)
@@ -473,20 +483,24 @@ async fn wait_until_answers(upstream: SocketAddr, stop: &AtomicBool) -> Result<(
         if stop.load(Ordering::Relaxed) {
             return Err(LabError::Interrupted);
         }
-        match probe.connect(upstream).await {
+        let err = match probe.connect(target).await {
             // Dropping it sends the RST.
-            Ok(stream) => {
-                drop(stream);
-                return Ok(());
+            Ok(_) => return Ok(()),
+            Err(e)
+                if refused_proves_path
+                    && e.io_error().kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                return Ok(())
             }
-            Err(e) if Instant::now() >= deadline => {
-                return Err(LabError::run_msg(format!(
-                    "upstream {upstream} did not answer over the veth within 5 s: {}",
-                    e.io_error()
-                )))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(LabError::run_msg(format!(
+                "{target} did not answer within 5 s: {}",
+                err.io_error()
+            )));
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -622,18 +636,7 @@ fn run_two_hosts(
     })?;
     let host_a = netns::spawn_box(&format!("box-{remedy}-a"), move || {
         let (range, reuse, reuse_delay_ms) = configure_client(&config, remedy)?;
-        netns::ip(&[
-            "link",
-            "add",
-            "ft-a",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "ft-b",
-            "netns",
-            &host_b.tid.to_string(),
-        ])?;
+        netns::veth("ft-a", "ft-b", host_b.tid)?;
         netns::ip(&["addr", "add", &format!("{HOST_A}/15"), "dev", "ft-a"])?;
         if remedy == Remedy::Spread {
             for source in spread_sources(&config) {
@@ -676,29 +679,9 @@ pub const NAT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Waits (bounded) until the path through the node to B works, without
 /// spending a NAT port toward B: it connects to a port B does not listen
-/// on (its own NAT tuple), and a refusal proves the path.
+/// on (a NAT tuple of its own), and a refusal proves the path.
 async fn wait_until_routed(stop: &AtomicBool) -> Result<(), LabError> {
-    let target = SocketAddr::from((nat::SERVICE, FRONTEND_PORT));
-    let mut probe = fivetuple::Connector::new(fivetuple::KernelDefault);
-    probe.set_connect_timeout(Some(Duration::from_millis(500)));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Err(LabError::Interrupted);
-        }
-        let err = match probe.connect(target).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.io_error().kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            return Err(LabError::run_msg(format!(
-                "{target} was not reachable through the node within 5 s: {}",
-                err.io_error()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_reachable(SocketAddr::from((nat::SERVICE, FRONTEND_PORT)), true, stop).await
 }
 
 /// `--topology nat`: B in its namespace, `config.pods` pods each running
@@ -760,19 +743,7 @@ fn run_nat(
     }
     drop(client_tx);
     let node = netns::spawn_box(&format!("box-{remedy}-node"), move || {
-        let svc_tid = service.tid.to_string();
-        netns::ip(&[
-            "link",
-            "add",
-            nat::OUTSIDE_LINK,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            nat::SERVICE_LINK,
-            "netns",
-            &svc_tid,
-        ])?;
+        netns::veth(nat::OUTSIDE_LINK, nat::SERVICE_LINK, service.tid)?;
         netns::ip(&[
             "addr",
             "add",
@@ -790,18 +761,7 @@ fn run_nat(
         for (k, pod) in (0u8..).zip(&pods) {
             let link = nat::pod_link(k);
             let (pod_ip, me) = nat::pod_addresses(k);
-            netns::ip(&[
-                "link",
-                "add",
-                &link,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &link,
-                "netns",
-                &pod.tid.to_string(),
-            ])?;
+            netns::veth(&link, &link, pod.tid)?;
             netns::ip(&["addr", "add", &format!("{me}/24"), "dev", &link])?;
             netns::ip(&["link", "set", &link, "up"])?;
             frontends.push(SocketAddr::from((pod_ip, FRONTEND_PORT)));
