@@ -86,9 +86,9 @@ pub fn render(report: &Report, out: &mut String) -> Result<(), LabError> {
         let x_max = b.duration_s.ceil().max(1.0);
         // Headroom above the rate keeps the legend clear of the lines.
         let y_max = f64::from(b.rate_per_s) * 1.5;
-        // Behind the NAT the sampled count is the node's conntrack entries.
+        // Behind the NAT the sampled count is the node's NAT entries toward B.
         let (axis, series) = if b.nat.is_some() {
-            ("conntrack entries (node)", "conntrack entries (right axis)")
+            ("NAT entries toward B", "NAT entries (right axis)")
         } else {
             ("TIME_WAIT sockets", "TIME_WAIT (right axis)")
         };
