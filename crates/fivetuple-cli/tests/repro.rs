@@ -706,7 +706,7 @@ fn netns_root_nat_topology_caps_nat_entries_at_the_range() {
 /// pods): SYNs that find no free NAT tuple are dropped at conntrack's
 /// confirmation (`insert_failed`, `drop` rise), the pods see connect
 /// timeouts (not EADDRNOTAVAIL), and the run still ends in bounded time.
-/// The keep-alive pool needs no new NAT port per call and does not fail.
+/// The keep-alive pool needs a NAT port per open connection only.
 /// Needs root (namespaces, nft).
 #[test]
 fn netns_root_nat_saturated_drops_syns_and_pods_time_out() {
@@ -740,6 +740,15 @@ fn netns_root_nat_saturated_drops_syns_and_pods_time_out() {
     assert!(!error.contains("os error 99"), "{error}");
     assert!(u(&ct["insert_failed"]) + u(&ct["drop"]) > 0, "{ct}");
     assert!(u(&ct["entries_at_end"]) <= 2, "{ct}");
+    // Keep-alive needs a NAT port per open connection, not per call; its
+    // calls can fail only when its own open connections hold every NAT
+    // port (the pools of both pods open as many as the concurrency asks,
+    // and one pod may get none).
     let pooled = remedy(&report, "pooled");
-    assert_eq!(u(&pooled["failed"]), 0, "{pooled}");
+    let pooled_ct = &pooled["conntrack"];
+    assert!(pooled_ct["reused"].is_null(), "{pooled}");
+    assert!(u(&pooled_ct["entries_at_end"]) <= 2, "{pooled_ct}");
+    if u(&pooled["failed"]) > 0 {
+        assert_eq!(u(&pooled_ct["peak_entries"]), 2, "{pooled}");
+    }
 }
