@@ -45,7 +45,7 @@ pub struct Args {
     /// net.ipv4.tcp_timestamps in the box: on or off.
     #[arg(long, value_name = "on|off", default_value = "on")]
     timestamps: String,
-    /// loopback (both services on 127.0.0.1), two-hosts (two namespaces joined by a veth on 198.18.0.0/15) or nat (2 pods behind a node that source-NATs them with nft to one address on the way to B; needs root and nft).
+    /// loopback (both services on 127.0.0.1), two-hosts (two namespaces joined by a veth on 198.18.0.0/15) or nat (2 pods behind a node that source-NATs them with nft to one address on the way to B; needs nft).
     #[arg(long, value_name = "TOPOLOGY", default_value = "loopback")]
     topology: String,
     /// Kept-alive connections from the driver to A (they take ports of the box's range, so --ports must be at least this).

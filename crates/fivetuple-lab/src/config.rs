@@ -416,8 +416,9 @@ impl Config {
     }
 
     /// Checks the settings against each other (each setter checks its own
-    /// value): the driver's kept-alive connections take their ports from the
-    /// box's range, so a range smaller than them cannot even start.
+    /// value): every remedy must fit the topology ([`Remedy::fits`]), and
+    /// outside the NAT the driver's kept-alive connections take their ports
+    /// from the box's range, so a range smaller than them cannot even start.
     pub fn check(&self) -> Result<(), LabError> {
         if let Some(r) = self.remedies.iter().find(|r| !r.fits(self.topology)) {
             return Err(LabError::BadArgument {
