@@ -714,6 +714,7 @@ fn netns_root_nat_saturated_drops_syns_and_pods_time_out() {
         return;
     }
     let started = Instant::now();
+    let chart = std::env::temp_dir().join(format!("fivetuple-nat-{}.svg", std::process::id()));
     let report = json_run(&[
         "--topology",
         "nat",
@@ -725,7 +726,15 @@ fn netns_root_nat_saturated_drops_syns_and_pods_time_out() {
         "500",
         "--duration",
         "2s",
+        "--chart",
+        chart.to_str().unwrap(),
     ]);
+    let svg = std::fs::read_to_string(&chart).expect("--chart wrote the SVG");
+    let _ = std::fs::remove_file(&chart);
+    assert!(
+        svg.contains("NAT entries toward B"),
+        "the right axis names what it counts"
+    );
     // Two remedies of 2 s, each call bounded by the 1 s connect timeout.
     assert!(
         started.elapsed() < Duration::from_secs(45),
