@@ -578,6 +578,26 @@ mod tests {
     }
 
     #[test]
+    fn remedies_must_fit_the_topology() {
+        let mut c = Config {
+            topology: Topology::Nat,
+            remedies: Remedy::defaults(Topology::Nat),
+            ..Config::default()
+        };
+        assert!(c.check().is_ok());
+        c.remedies.push(Remedy::Spread);
+        let e = c.check().unwrap_err().to_string();
+        assert!(
+            e.contains("--only \"spread\"") && e.contains("--topology nat"),
+            "{e}"
+        );
+        c.topology = Topology::Loopback;
+        c.remedies = vec![Remedy::SnatPool];
+        assert!(c.check().unwrap_err().to_string().contains("\"snat-pool\""));
+        assert_eq!("nat".parse::<Topology>().unwrap(), Topology::Nat);
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
