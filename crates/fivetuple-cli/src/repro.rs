@@ -24,14 +24,10 @@ pub const EXIT_USAGE: u8 = 2;
 /// is named in the message and exits 2.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Remedies to run, comma-separated: naive, auth, wide-range, tw-reuse, rotate, spread, pooled; attach (root, BPF) only when named.
-    #[arg(
-        long,
-        value_name = "LIST",
-        default_value = "naive,auth,wide-range,tw-reuse,rotate,spread,pooled"
-    )]
-    only: String,
-    /// Ports in the box's ip_local_port_range (1,000 ports with 60 s of TIME_WAIT: about 16 new connections/s).
+    /// Remedies to run, comma-separated. loopback and two-hosts: naive, auth, wide-range, tw-reuse, rotate, spread, pooled (the default), attach (root, BPF) only when named. nat: naive, snat-pool, random-fully, rotate, pooled (the default).
+    #[arg(long, value_name = "LIST")]
+    only: Option<String>,
+    /// Ports in the box's ip_local_port_range (1,000 ports with 60 s of TIME_WAIT: about 16 new connections/s); with --topology nat, the ports of the NAT rule (masquerade to :lo-hi; 1,000 ports with conntrack's 120 s: about 8/s).
     #[arg(long, value_name = "N", default_value = "1000")]
     ports: String,
     /// First port of the box's range; the range must fit 1024-65535.
@@ -49,7 +45,7 @@ pub struct Args {
     /// net.ipv4.tcp_timestamps in the box: on or off.
     #[arg(long, value_name = "on|off", default_value = "on")]
     timestamps: String,
-    /// loopback (both services on 127.0.0.1) or two-hosts (two namespaces joined by a veth on 198.18.0.0/15).
+    /// loopback (both services on 127.0.0.1), two-hosts (two namespaces joined by a veth on 198.18.0.0/15) or nat (2 pods behind a node that source-NATs them with nft to one address on the way to B; needs nft).
     #[arg(long, value_name = "TOPOLOGY", default_value = "loopback")]
     topology: String,
     /// Kept-alive connections from the driver to A (they take ports of the box's range, so --ports must be at least this).
@@ -82,9 +78,13 @@ fn number<T: std::str::FromStr>(flag: &'static str, value: &str) -> Result<T, La
 
 /// Turns the raw arguments into the lab's configuration.
 fn resolve(args: &Args) -> Result<Config, LabError> {
+    let topology = args.topology.parse::<Topology>()?;
     let mut c = Config {
-        remedies: fivetuple_lab::parse_remedies(&args.only)?,
-        topology: args.topology.parse::<Topology>()?,
+        remedies: match &args.only {
+            Some(list) => fivetuple_lab::parse_remedies(list)?,
+            None => Remedy::defaults(topology),
+        },
+        topology,
         ..Config::default()
     };
     c.set_ports(
@@ -119,6 +119,9 @@ fn resolve(args: &Args) -> Result<Config, LabError> {
 struct Progress {
     bar: Mutex<Option<ProgressBar>>,
     plain: bool,
+    /// What the sampled count is: TIME_WAIT sockets, or the NAT node's
+    /// conntrack entries.
+    sampled: &'static str,
 }
 
 impl Observer for Progress {
@@ -140,24 +143,25 @@ impl Observer for Progress {
     fn progress(&self, _remedy: Remedy, ok: u64, failed: u64, time_wait: u64) {
         if let Some(bar) = &*self.bar.lock().expect("progress lock") {
             bar.set_position(ok + failed);
-            bar.set_message(format!("ok {ok}  failed {failed}  TIME_WAIT {time_wait}"));
+            bar.set_message(format!(
+                "ok {ok}  failed {failed}  {} {time_wait}",
+                self.sampled
+            ));
         }
     }
 
     fn finished(&self, r: &RemedyResult) {
+        let text = format!(
+            "ok {}  failed {}  peak {} {}  {}",
+            r.ok, r.failed, self.sampled, r.peak_time_wait, r.verdict_text
+        );
         if self.plain {
-            eprintln!(
-                "fivetuple: repro: {}: finished, ok {}  failed {}  peak TIME_WAIT {}  {}",
-                r.name, r.ok, r.failed, r.peak_time_wait, r.verdict_text
-            );
+            eprintln!("fivetuple: repro: {}: finished, {text}", r.name);
             return;
         }
         if let Some(bar) = self.bar.lock().expect("progress lock").take() {
             bar.set_position(r.calls);
-            bar.finish_with_message(format!(
-                "ok {}  failed {}  peak TIME_WAIT {}  {}",
-                r.ok, r.failed, r.peak_time_wait, r.verdict_text
-            ));
+            bar.finish_with_message(text);
         }
     }
 }
@@ -183,6 +187,11 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<u8> {
     let progress = Arc::new(Progress {
         bar: Mutex::new(None),
         plain: !std::io::stderr().is_terminal(),
+        sampled: if config.topology == Topology::Nat {
+            "NAT entries"
+        } else {
+            "TIME_WAIT"
+        },
     });
     let (stop, signal) = stop_on_signals()?;
     let report = fivetuple_lab::run_until(&config, privilege, progress.clone(), stop)
@@ -267,6 +276,10 @@ mod tests {
         assert_eq!(c.tw_reuse, 0);
         assert!(c.timestamps);
         assert_eq!(c.remedies, Remedy::ALL.to_vec());
+        let nat = parse(&["--topology", "nat"]).unwrap();
+        assert_eq!(nat.remedies, Remedy::NAT.to_vec());
+        // The driver calls the pods from the node: no --connections bound on the NAT's ports.
+        assert!(parse(&["--topology", "nat", "--ports", "10"]).is_ok());
     }
 
     #[test]
@@ -278,6 +291,16 @@ mod tests {
             (&["--only", "naive,magic"][..], "\"magic\""),
             (&["--timestamps", "maybe"][..], "\"maybe\""),
             (&["--topology", "mesh"][..], "\"mesh\""),
+            (
+                &["--topology", "nat", "--only", "naive,spread"][..],
+                "--only \"spread\": makes no sense with --topology nat",
+            ),
+            (
+                &["--only", "snat-pool"][..],
+                "--only \"snat-pool\": makes no sense with --topology loopback",
+            ),
+            (&["--topology", "nat", "--ports", "70000"][..], "70000"),
+            (&["--topology", "nat", "--ports", "0"][..], "--ports \"0\""),
             (
                 &["--port-base", "65000", "--ports", "1000"][..],
                 "65000-65999",

@@ -43,6 +43,22 @@ fn bad_arguments_exit_2_naming_the_value() {
             "/nonexistent-dir",
         ),
         (&["--chart", "/"][..], "is a directory"),
+        // NAT: a remedy that changes the client's own ports makes no sense
+        // behind the NAT, and the NAT remedies none on the other topologies.
+        (
+            &["--topology", "nat", "--only", "naive,wide-range"][..],
+            "--only \"wide-range\": makes no sense with --topology nat; expected one of naive, rotate, pooled, snat-pool, random-fully",
+        ),
+        (
+            &["--topology", "two-hosts", "--only", "random-fully"][..],
+            "--only \"random-fully\": makes no sense with --topology two-hosts",
+        ),
+        (
+            &["--topology", "nat", "--ports", "70000"][..],
+            "--ports \"70000\": the range 32768-102767 does not fit 1024-65535",
+        ),
+        (&["--topology", "nat", "--ports", "0"][..], "--ports \"0\""),
+        (&["--topology", "NAT"][..], "--topology \"NAT\": expected loopback, two-hosts or nat"),
     ] {
         let mut argv = vec!["repro"];
         argv.extend_from_slice(args);
@@ -249,6 +265,28 @@ fn netns_root_ctrl_c_prints_the_finished_rows_and_removes_the_boxes() {
     ) {
         return;
     }
+    ctrl_c_during_pooled(&[], |naive| naive.contains("os error 99"));
+}
+
+/// The same behind the NAT: the node, service and pod namespaces of the
+/// interrupted remedy are all gone. Needs root (namespaces, nft).
+#[test]
+fn netns_root_nat_ctrl_c_removes_node_service_and_pods() {
+    if !fivetuple_testkit::root_or_skip("netns_root_nat_ctrl_c_removes_node_service_and_pods") {
+        return;
+    }
+    let boxes = ctrl_c_during_pooled(&["--topology", "nat"], |naive| {
+        naive.contains("holds past the NAT budget") || naive.contains("timed out")
+    });
+    // The node (the driver's runtime), B and the two pods.
+    assert!(boxes >= 4, "{boxes} namespaces seen");
+}
+
+/// Runs `repro --only naive,pooled` (100 ports, 100 calls/s, 4 s) plus
+/// `extra`, sends SIGINT once pooled runs, and checks the exit, the rows
+/// and that no thread is left in any namespace the run made. Returns how
+/// many namespaces the interrupted remedy had.
+fn ctrl_c_during_pooled(extra: &[&str], naive_row: fn(&str) -> bool) -> usize {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fivetuple"))
         .args([
             "repro",
@@ -261,6 +299,7 @@ fn netns_root_ctrl_c_prints_the_finished_rows_and_removes_the_boxes() {
             "--duration",
             "4s",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -299,6 +338,9 @@ fn netns_root_ctrl_c_prints_the_finished_rows_and_removes_the_boxes() {
         })
         .collect();
     assert!(!boxes.is_empty(), "pooled runs in a namespace of its own");
+    let mut distinct: Vec<u64> = boxes.iter().map(|(_, c)| *c).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: kill has no memory-safety preconditions; the pid is our child.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
@@ -317,7 +359,7 @@ fn netns_root_ctrl_c_prints_the_finished_rows_and_removes_the_boxes() {
     assert!(stopped_in < Duration::from_secs(15), "took {stopped_in:?}");
     let naive = stdout.lines().find(|l| l.starts_with("naive"));
     assert!(
-        naive.is_some_and(|l| l.contains("os error 99")),
+        naive.is_some_and(naive_row),
         "the finished remedy's row: {stdout}"
     );
     assert!(
@@ -348,6 +390,7 @@ fn netns_root_ctrl_c_prints_the_finished_rows_and_removes_the_boxes() {
             }
         }
     }
+    distinct.len()
 }
 
 /// The network namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14), which
@@ -530,5 +573,191 @@ fn netns_root_default_run_meets_the_issue() {
             svg.contains(&format!("{name}: ")),
             "chart has a panel for {name}"
         );
+    }
+}
+
+/// The running kernel's (major, minor).
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+fn json_run(args: &[&str]) -> Value {
+    let mut argv = vec!["repro", "--json"];
+    argv.extend_from_slice(args);
+    let out = fivetuple(&argv);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    serde_json::from_slice(&out.stdout).expect("--json prints one JSON document")
+}
+
+fn remedy<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["remedies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} row in {report}"))
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// `repro --topology nat` with a 100-port NAT and 200 calls (more than the
+/// NAT has ports; each closed connection keeps its NAT entry for conntrack's
+/// 120 s TIME_WAIT): what the node's conntrack table (read over netlink, the
+/// same table `conntrack -L` shows) held, checked against the arithmetic.
+/// Needs root (namespaces, nft).
+#[test]
+fn netns_root_nat_topology_caps_nat_entries_at_the_range() {
+    if !fivetuple_testkit::root_or_skip("netns_root_nat_topology_caps_nat_entries_at_the_range") {
+        return;
+    }
+    const PORTS: u64 = 100;
+    let report = json_run(&[
+        "--topology",
+        "nat",
+        "--ports",
+        "100",
+        "--rate",
+        "50",
+        "--duration",
+        "4s",
+    ]);
+    let nat = &report["box"]["nat"];
+    assert_eq!(nat["pods"], 2, "{report}");
+    assert_eq!(nat["nat_port_range"], serde_json::json!([32768, 32867]));
+    let ct_tw = nat["conntrack_time_wait_s"].as_f64().unwrap();
+    let names: Vec<&str> = report["remedies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["naive", "snat-pool", "random-fully", "rotate", "pooled"]
+    );
+    let budget = |r: &Value| r["budget_per_s"].as_f64();
+    let one_address = budget(remedy(&report, "naive")).unwrap();
+    assert!((one_address - PORTS as f64 / ct_tw).abs() < 1e-9);
+    // Pods rotate over 100 ports each: 2 x 100 original tuples > 100 NAT
+    // ports, so conntrack's reopening of a tuple cannot keep them within the
+    // NAT's range: the same budget as naive. fully-random changes which NAT
+    // port, not how many.
+    assert_eq!(budget(remedy(&report, "rotate")), Some(one_address));
+    assert_eq!(budget(remedy(&report, "random-fully")), Some(one_address));
+    assert_eq!(
+        budget(remedy(&report, "snat-pool")),
+        Some(4.0 * one_address)
+    );
+    assert_eq!(budget(remedy(&report, "pooled")), None);
+
+    let reuses_time_wait = kernel_version() >= (6, 4);
+    for name in ["naive", "random-fully", "rotate"] {
+        let r = remedy(&report, name);
+        let ct = &r["conntrack"];
+        let (calls, ok, failed) = (u(&r["calls"]), u(&r["ok"]), u(&r["failed"]));
+        assert_eq!((calls, ok + failed), (200, 200), "{name}: {r}");
+        // One NAT address: never more entries toward B than the NAT has ports.
+        assert_eq!(u(&ct["addresses_used"]), 1, "{name}: {ct}");
+        assert!(u(&ct["entries_at_end"]) <= PORTS, "{name}: {ct}");
+        if reuses_time_wait {
+            // Linux 6.4+ (nf_nat_used_tuple_harder) hands a new SYN the NAT
+            // port of a TIME_WAIT entry: calls beyond the NAT's ports succeed
+            // while the table stays full at exactly the range.
+            assert!(ok > PORTS, "{name}: {ok} ok of {calls}: {r}");
+            assert_eq!(u(&ct["entries_at_end"]), PORTS, "{name}: {ct}");
+            assert_eq!(u(&ct["reused"]), ok - PORTS, "{name}: {ct}");
+        } else {
+            // Older kernels: every NAT port stays held 120 s; the SYNs past
+            // the range are dropped and the pods time out.
+            assert!(ok <= PORTS && failed >= calls - PORTS, "{name}: {r}");
+            assert!(r["error"].as_str().unwrap().contains("timed out"), "{r}");
+            assert!(u(&ct["insert_failed"]) + u(&ct["drop"]) > 0, "{ct}");
+        }
+    }
+    let pool = remedy(&report, "snat-pool");
+    let ct = &pool["conntrack"];
+    // nf_nat picks the address by a hash of (pod, destination): each pod
+    // keeps one of the 4, so 2 pods use 1 or 2 of them.
+    let used = u(&ct["addresses_used"]);
+    assert!((1..=2).contains(&used), "{ct}");
+    assert!(u(&ct["entries_at_end"]) <= used * PORTS, "{ct}");
+    if used * PORTS >= u(&pool["calls"]) || reuses_time_wait {
+        assert_eq!(u(&pool["failed"]), 0, "{pool}");
+    }
+    let pooled = remedy(&report, "pooled");
+    assert_eq!(u(&pooled["failed"]), 0, "{pooled}");
+    assert!(pooled["conntrack"]["reused"].is_null(), "{pooled}");
+    // Keep-alive: far fewer connections (NAT entries) than calls.
+    assert!(
+        u(&pooled["conntrack"]["entries_at_end"]) < PORTS,
+        "{pooled}"
+    );
+}
+
+/// A NAT far smaller than the concurrency (2 ports, 500 calls/s from two
+/// pods): SYNs that find no free NAT tuple are dropped at conntrack's
+/// confirmation (`insert_failed`, `drop` rise), the pods see connect
+/// timeouts (not EADDRNOTAVAIL), and the run still ends in bounded time.
+/// The keep-alive pool needs a NAT port per open connection only.
+/// Needs root (namespaces, nft).
+#[test]
+fn netns_root_nat_saturated_drops_syns_and_pods_time_out() {
+    if !fivetuple_testkit::root_or_skip("netns_root_nat_saturated_drops_syns_and_pods_time_out") {
+        return;
+    }
+    let started = Instant::now();
+    let chart = std::env::temp_dir().join(format!("fivetuple-nat-{}.svg", std::process::id()));
+    let report = json_run(&[
+        "--topology",
+        "nat",
+        "--only",
+        "naive,pooled",
+        "--ports",
+        "2",
+        "--rate",
+        "500",
+        "--duration",
+        "2s",
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    let svg = std::fs::read_to_string(&chart).expect("--chart wrote the SVG");
+    let _ = std::fs::remove_file(&chart);
+    assert!(
+        svg.contains("NAT entries toward B"),
+        "the right axis names what it counts"
+    );
+    // Two remedies of 2 s, each call bounded by the 1 s connect timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        started.elapsed()
+    );
+    let naive = remedy(&report, "naive");
+    let ct = &naive["conntrack"];
+    assert!(u(&naive["failed"]) > 0, "{naive}");
+    let error = naive["error"].as_str().unwrap();
+    assert!(error.contains("connect timed out after 1s"), "{error}");
+    assert!(!error.contains("os error 99"), "{error}");
+    assert!(u(&ct["insert_failed"]) + u(&ct["drop"]) > 0, "{ct}");
+    assert!(u(&ct["entries_at_end"]) <= 2, "{ct}");
+    // Keep-alive needs a NAT port per open connection, not per call; its
+    // calls can fail only when its own open connections hold every NAT
+    // port (the pools of both pods open as many as the concurrency asks,
+    // and one pod may get none).
+    let pooled = remedy(&report, "pooled");
+    let pooled_ct = &pooled["conntrack"];
+    assert!(pooled_ct["reused"].is_null(), "{pooled}");
+    assert!(u(&pooled_ct["entries_at_end"]) <= 2, "{pooled_ct}");
+    if u(&pooled["failed"]) > 0 {
+        assert_eq!(u(&pooled_ct["peak_entries"]), 2, "{pooled}");
     }
 }

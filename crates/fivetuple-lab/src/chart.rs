@@ -86,6 +86,12 @@ pub fn render(report: &Report, out: &mut String) -> Result<(), LabError> {
         let x_max = b.duration_s.ceil().max(1.0);
         // Headroom above the rate keeps the legend clear of the lines.
         let y_max = f64::from(b.rate_per_s) * 1.5;
+        // Behind the NAT the sampled count is the node's NAT entries toward B.
+        let (axis, series) = if b.nat.is_some() {
+            ("NAT entries toward B", "NAT entries (right axis)")
+        } else {
+            ("TIME_WAIT sockets", "TIME_WAIT (right axis)")
+        };
         for (panel, r) in panels.iter().zip(&report.remedies) {
             let tw_max = (r.peak_time_wait as f64 * 1.5).max(10.0);
             let budget = r
@@ -117,7 +123,7 @@ pub fn render(report: &Report, out: &mut String) -> Result<(), LabError> {
                 .map_err(|e| err(&e))?;
             chart
                 .configure_secondary_axes()
-                .y_desc("TIME_WAIT sockets")
+                .y_desc(axis)
                 .y_label_formatter(&|v| tick(*v))
                 .draw()
                 .map_err(|e| err(&e))?;
@@ -161,7 +167,7 @@ pub fn render(report: &Report, out: &mut String) -> Result<(), LabError> {
                     blue.stroke_width(2),
                 ))
                 .map_err(|e| err(&e))?
-                .label("TIME_WAIT (right axis)")
+                .label(series)
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], blue.stroke_width(2))
                 });
@@ -216,6 +222,7 @@ mod tests {
                 sources: 1,
                 client: "kernel".into(),
             },
+            conntrack: None,
             timeline: timeline.clone(),
         };
         let report = Report {
@@ -232,6 +239,7 @@ mod tests {
                 rate_per_s: 200,
                 duration_s: 10.0,
                 spread_sources: 16,
+                nat: None,
             },
             remedies: vec![result(Remedy::Naive), result(Remedy::Auth)],
             interrupted: None,

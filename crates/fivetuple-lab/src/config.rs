@@ -25,6 +25,12 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// Most calls the driver may keep outstanding (each costs a few KiB).
 pub const MAX_IN_FLIGHT: usize = 65536;
 
+/// `--topology nat`: how many pods the node masquerades.
+pub const NAT_PODS: u8 = 2;
+
+/// `--topology nat`: source addresses `snat-pool` gives the node.
+pub const SNAT_ADDRESSES: u8 = 4;
+
 /// Ports the services listen on inside the box (outside every range used).
 pub const UPSTREAM_PORT: u16 = 1080;
 /// Port of frontend A.
@@ -52,6 +58,14 @@ pub enum Remedy {
     /// hook rotating over the range in the kernel. Needs root and BPF, so it
     /// runs only when named (`--only naive,attach`).
     Attach,
+    /// `--topology nat` only: the node source-NATs to [`SNAT_ADDRESSES`]
+    /// addresses (nft `snat to` an address range), each with the NAT's
+    /// ports. nf_nat picks the address by a hash of (client address,
+    /// destination address), so each pod keeps one of them.
+    SnatPool,
+    /// `--topology nat` only: the masquerade rule with `fully-random`
+    /// (iptables `--random-fully`): random NAT ports, the same number of them.
+    RandomFully,
 }
 
 impl Remedy {
@@ -70,6 +84,36 @@ impl Remedy {
     /// and BPF, which the default run does not).
     pub const OPT_IN: [Remedy; 1] = [Remedy::Attach];
 
+    /// The remedies of `--topology nat`, in the order they run by default.
+    pub const NAT: [Remedy; 5] = [
+        Remedy::Naive,
+        Remedy::SnatPool,
+        Remedy::RandomFully,
+        Remedy::Rotate,
+        Remedy::Pooled,
+    ];
+
+    /// The remedies a run on `topology` makes when `--only` is not given.
+    pub fn defaults(topology: Topology) -> Vec<Remedy> {
+        match topology {
+            Topology::Nat => Remedy::NAT.to_vec(),
+            Topology::Loopback | Topology::TwoHosts => Remedy::ALL.to_vec(),
+        }
+    }
+
+    /// True when the remedy means something on `topology`: the NAT remedies
+    /// change the node's rule, which only `nat` has; the socket-box remedies
+    /// (`auth`, `wide-range`, `tw-reuse`, `spread`, `attach`) change the
+    /// client's own ports, which are not what runs out behind a NAT.
+    pub fn fits(self, topology: Topology) -> bool {
+        match topology {
+            Topology::Nat => Remedy::NAT.contains(&self),
+            Topology::Loopback | Topology::TwoHosts => {
+                !matches!(self, Remedy::SnatPool | Remedy::RandomFully)
+            }
+        }
+    }
+
     /// The name used on the command line and in the output.
     pub fn name(self) -> &'static str {
         match self {
@@ -81,6 +125,8 @@ impl Remedy {
             Remedy::Spread => "spread",
             Remedy::Pooled => "pooled",
             Remedy::Attach => "attach",
+            Remedy::SnatPool => "snat-pool",
+            Remedy::RandomFully => "random-fully",
         }
     }
 
@@ -95,6 +141,8 @@ impl Remedy {
             Remedy::Spread => "16 source addresses (IP_BIND_ADDRESS_NO_PORT): 16 times the ports",
             Remedy::Pooled => "keep-alive pool: no new connection per call, the real fix",
             Remedy::Attach => "the naive client unmodified, fixed in the kernel: fivetuple run's cgroup connect hook rotating over the range",
+            Remedy::SnatPool => "nat: the node SNATs to a range of 4 addresses (nft snat to A-B): up to 4 times the NAT ports; nf_nat keeps one address per (client, destination)",
+            Remedy::RandomFully => "nat: masquerade fully-random (iptables --random-fully): random NAT ports, no more of them",
         }
     }
 
@@ -116,6 +164,7 @@ impl FromStr for Remedy {
         Remedy::ALL
             .into_iter()
             .chain(Remedy::OPT_IN)
+            .chain(Remedy::NAT)
             .find(|r| r.name() == s.trim())
             .ok_or_else(|| LabError::BadArgument {
                 flag: "--only",
@@ -126,11 +175,31 @@ impl FromStr for Remedy {
 }
 
 fn names() -> String {
+    let mut all: Vec<&str> = Vec::new();
+    for r in Remedy::ALL
+        .into_iter()
+        .chain(Remedy::OPT_IN)
+        .chain(Remedy::NAT)
+    {
+        if !all.contains(&r.name()) {
+            all.push(r.name());
+        }
+    }
+    all.join(", ")
+}
+
+fn names_for(topology: Topology) -> String {
     Remedy::ALL
         .into_iter()
         .chain(Remedy::OPT_IN)
-        .map(Remedy::name)
-        .collect::<Vec<_>>()
+        .chain(Remedy::NAT)
+        .filter(|r| r.fits(topology))
+        .fold(Vec::<&str>::new(), |mut v, r| {
+            if !v.contains(&r.name()) {
+                v.push(r.name());
+            }
+            v
+        })
         .join(", ")
 }
 
@@ -167,6 +236,10 @@ pub enum Topology {
     /// Two namespaces joined by a veth pair on 198.18.0.0/15, where
     /// loopback-only kernel behaviour does not apply.
     TwoHosts,
+    /// "Pods" (namespaces) behind a "node" namespace that source-NATs them
+    /// (nft masquerade with `--ports` NAT ports) to one address on the way
+    /// to B in its own namespace: the scarce ports are the NAT's.
+    Nat,
 }
 
 impl Topology {
@@ -175,6 +248,7 @@ impl Topology {
         match self {
             Topology::Loopback => "loopback",
             Topology::TwoHosts => "two-hosts",
+            Topology::Nat => "nat",
         }
     }
 }
@@ -185,10 +259,11 @@ impl FromStr for Topology {
         match s.trim() {
             "loopback" => Ok(Topology::Loopback),
             "two-hosts" => Ok(Topology::TwoHosts),
+            "nat" => Ok(Topology::Nat),
             _ => Err(LabError::BadArgument {
                 flag: "--topology",
                 value: s.to_string(),
-                reason: "expected loopback or two-hosts".into(),
+                reason: "expected loopback, two-hosts or nat".into(),
             }),
         }
     }
@@ -221,6 +296,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Source addresses `spread` uses.
     pub spread_sources: u8,
+    /// `--topology nat`: client namespaces ("pods") behind the node.
+    pub pods: u8,
 }
 
 impl Default for Config {
@@ -237,6 +314,7 @@ impl Default for Config {
             driver_connections: 64,
             max_in_flight: 4096,
             spread_sources: 16,
+            pods: NAT_PODS,
         }
     }
 }
@@ -338,11 +416,26 @@ impl Config {
     }
 
     /// Checks the settings against each other (each setter checks its own
-    /// value): the driver's kept-alive connections take their ports from the
-    /// box's range, so a range smaller than them cannot even start.
+    /// value): every remedy must fit the topology ([`Remedy::fits`]), and
+    /// outside the NAT the driver's kept-alive connections take their ports
+    /// from the box's range, so a range smaller than them cannot even start.
     pub fn check(&self) -> Result<(), LabError> {
+        if let Some(r) = self.remedies.iter().find(|r| !r.fits(self.topology)) {
+            return Err(LabError::BadArgument {
+                flag: "--only",
+                value: r.name().to_string(),
+                reason: format!(
+                    "makes no sense with --topology {}; expected one of {}",
+                    self.topology.name(),
+                    names_for(self.topology)
+                ),
+            });
+        }
         let connections = self.driver_connections;
-        if let Some(r) = self.remedies.iter().find(|&&r| {
+        // Behind a NAT the driver runs in the node and calls the pods'
+        // frontends directly: its connections take none of the NAT's ports.
+        let driver_in_box = self.topology != Topology::Nat;
+        if let Some(r) = self.remedies.iter().filter(|_| driver_in_box).find(|&&r| {
             let [lo, hi] = self.range_of(r);
             (usize::from(hi) - usize::from(lo) + 1) < connections
         }) {
@@ -482,6 +575,26 @@ mod tests {
         assert!(c.set_connections(0).is_err());
         assert!(c.set_max_in_flight(0).is_err());
         assert!(c.set_max_in_flight(100_000).is_err());
+    }
+
+    #[test]
+    fn remedies_must_fit_the_topology() {
+        let mut c = Config {
+            topology: Topology::Nat,
+            remedies: Remedy::defaults(Topology::Nat),
+            ..Config::default()
+        };
+        assert!(c.check().is_ok());
+        c.remedies.push(Remedy::Spread);
+        let e = c.check().unwrap_err().to_string();
+        assert!(
+            e.contains("--only \"spread\"") && e.contains("--topology nat"),
+            "{e}"
+        );
+        c.topology = Topology::Loopback;
+        c.remedies = vec![Remedy::SnatPool];
+        assert!(c.check().unwrap_err().to_string().contains("\"snat-pool\""));
+        assert_eq!("nat".parse::<Topology>().unwrap(), Topology::Nat);
     }
 
     #[test]

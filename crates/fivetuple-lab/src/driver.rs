@@ -151,31 +151,53 @@ impl Record {
     }
 }
 
-/// Drives `target` with `load`, sampling TIME_WAIT with `time_wait` (called
-/// on a runtime thread, so inside the box). Bounded: `rate × duration`
+/// One frontend the driver calls, with its kept-alive connections.
+struct Target {
+    addr: SocketAddr,
+    pool: Mutex<Vec<SendRequest<Empty<Bytes>>>>,
+    permits: Semaphore,
+}
+
+/// Drives `targets` with `load`, call `i` going to `targets[i % n]` (the
+/// pods of `--topology nat` each run a frontend), and the kept-alive
+/// connections shared out among them. Samples TIME_WAIT (or, behind a NAT,
+/// the node's conntrack entries) with `time_wait`, called on a runtime
+/// thread, so inside the namespace the runtime was built in. Bounded: `rate × duration`
 /// calls of which at most `max_in_flight` are outstanding, then at most
 /// [`ANSWER_WITHIN`] plus a second for the last answers. Returns
 /// [`LabError::Interrupted`] soon after `stop` turns true.
 pub async fn drive(
-    target: SocketAddr,
+    targets: &[SocketAddr],
     load: Load,
     live: Arc<Live>,
     time_wait: fn() -> std::io::Result<u64>,
     stop: Arc<AtomicBool>,
 ) -> Result<DriveOutcome, LabError> {
-    let connections = load.connections.max(1);
+    if targets.is_empty() {
+        return Err(LabError::run_msg(
+            "the driver was given no frontend to call",
+        ));
+    }
+    // At least one connection per frontend.
+    let per_target = load.connections.max(1).div_ceil(targets.len());
     let max_in_flight = load.max_in_flight.max(1);
     let rate = f64::from(load.rate.max(1));
-    let mut senders = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        senders.push(
-            open(target)
-                .await
-                .map_err(|e| LabError::run(format!("driver connecting to frontend {target}"), e))?,
-        );
+    let mut frontends = Vec::with_capacity(targets.len());
+    for &addr in targets {
+        let mut senders = Vec::with_capacity(per_target);
+        for _ in 0..per_target {
+            senders.push(
+                open(addr).await.map_err(|e| {
+                    LabError::run(format!("driver connecting to frontend {addr}"), e)
+                })?,
+            );
+        }
+        frontends.push(Arc::new(Target {
+            addr,
+            pool: Mutex::new(senders),
+            permits: Semaphore::new(per_target),
+        }));
     }
-    let pool = Arc::new(Mutex::new(senders));
-    let permits = Arc::new(Semaphore::new(connections));
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
 
     let seconds = (load.duration.as_secs_f64().ceil() as usize).max(1);
@@ -227,24 +249,22 @@ pub async fn drive(
                 }
                 continue;
             };
-            let (pool, permits, record, live) =
-                (pool.clone(), permits.clone(), record.clone(), live.clone());
+            let target = frontends[(i % frontends.len() as u64) as usize].clone();
+            let (record, live) = (record.clone(), live.clone());
             tokio::spawn(async move {
                 let _slot = slot;
                 // Every wait counts from when the call was due, including
                 // the wait for a free connection to A, so a system that
                 // falls behind shows it (no coordinated omission).
                 let due_at = start + Duration::from_secs_f64(i as f64 / rate);
-                let result = tokio::time::timeout_at(
-                    (due_at + ANSWER_WITHIN).into(),
-                    one_call(target, &pool, &permits),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
+                let result =
+                    tokio::time::timeout_at((due_at + ANSWER_WITHIN).into(), one_call(&target))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(format!(
                         "no answer within {ANSWER_WITHIN:?} of being due (the system fell behind)"
                     ))
-                });
+                        });
                 let now = Instant::now();
                 let latency = now.saturating_duration_since(due_at).as_micros();
                 let mut r = record.lock().expect("record lock");
@@ -367,12 +387,13 @@ async fn open(target: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> {
     Ok(sender)
 }
 
-async fn one_call(
-    target: SocketAddr,
-    pool: &Mutex<Vec<SendRequest<Empty<Bytes>>>>,
-    permits: &Semaphore,
-) -> Result<(), String> {
-    let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
+async fn one_call(frontend: &Target) -> Result<(), String> {
+    let (target, pool) = (frontend.addr, &frontend.pool);
+    let _permit = frontend
+        .permits
+        .acquire()
+        .await
+        .map_err(|e| e.to_string())?;
     let taken = pool.lock().expect("pool lock").pop();
     let mut sender = match taken {
         Some(s) if !s.is_closed() => s,

@@ -2,7 +2,8 @@
 //! built in a throwaway network namespace, driven into source-port
 //! exhaustion, then run again with each remedy, side by side.
 //!
-//! [`netns`] builds the boxes, [`services`] holds upstream B and frontend A,
+//! [`netns`] builds the boxes, [`nat`] the node, pods and NAT rule of
+//! `--topology nat`, [`services`] holds upstream B and frontend A,
 //! [`driver`] is the open-loop load, [`scenario::run`] ties them together
 //! into a [`Report`], and [`chart`] draws it. The `fivetuple repro` command
 //! is a thin layer over [`scenario::run`].
@@ -19,6 +20,7 @@ pub mod config;
 pub mod driver;
 mod error;
 mod hook;
+pub mod nat;
 pub mod netns;
 pub mod report;
 pub mod scenario;

@@ -260,6 +260,23 @@ pub fn ip(args: &[&str]) -> Result<(), LabError> {
     }
 }
 
+/// Makes a veth pair from the calling thread's namespace: `local` here,
+/// `peer` in the namespace of thread `tid` (see [`current_tid`]).
+pub fn veth(local: &str, peer: &str, tid: i32) -> Result<(), LabError> {
+    ip(&[
+        "link",
+        "add",
+        local,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        &tid.to_string(),
+    ])
+}
+
 /// The running kernel's release (`uname -r`), for the record.
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")

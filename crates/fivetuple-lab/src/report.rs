@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::{Remedy, Topology, TIME_WAIT_SECS};
 use crate::driver::Second;
+pub use crate::nat::ConntrackCounts;
 use fivetuple_kernel::budget;
 
 /// The box as it was built (what `--json` calls `"box"`).
@@ -41,6 +42,24 @@ pub struct BoxInfo {
     pub duration_s: f64,
     /// Source addresses `spread` used.
     pub spread_sources: u8,
+    /// `--topology nat` only: the NAT in front of the pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatBox>,
+}
+
+/// The NAT of `--topology nat` (what `--json` calls `"box"."nat"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NatBox {
+    /// Client namespaces behind the node.
+    pub pods: u8,
+    /// The NAT rule's port range (`masquerade to :lo-hi`): `--ports` ports.
+    pub nat_port_range: [u16; 2],
+    /// `nf_conntrack_tcp_timeout_time_wait` in the node: how long a closed
+    /// connection keeps its NAT port (120 s by default).
+    pub conntrack_time_wait_s: f64,
+    /// Milliseconds after which a pod gives up a `connect()` (a SYN the NAT
+    /// dropped is never answered).
+    pub connect_timeout_ms: u64,
 }
 
 /// The three verdicts.
@@ -108,6 +127,10 @@ pub struct RemedyResult {
     pub verdict_text: String,
     /// The box's settings for this remedy.
     pub settings: RemedySettings,
+    /// `--topology nat` only: how the node's conntrack counters rose (the
+    /// timeline's `time_wait` is then the node's conntrack entries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackCounts>,
     /// One entry per second.
     pub timeline: Vec<Second>,
 }
@@ -145,6 +168,29 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// The budget of `remedy` behind the NAT of `--topology nat`: the NAT's
+    /// `ports` on each of `addresses`, each held `ct_time_wait_s` after its
+    /// connection closes. Conntrack reuses an entry only for the same
+    /// original tuple (a SYN reopening a closed entry replaces it), so
+    /// rotation in the pods bounds the entries at `rotating_tuples` (pods ×
+    /// rotation length): no limit when those fit the NAT's ports, the NAT's
+    /// budget when they do not. Pooling has no limit.
+    pub fn nat(
+        remedy: Remedy,
+        ports: u32,
+        addresses: u32,
+        ct_time_wait_s: f64,
+        rotating_tuples: u32,
+    ) -> Budget {
+        let endpoints = f64::from(ports) * f64::from(addresses);
+        let hold_s = match remedy {
+            Remedy::Pooled => None,
+            Remedy::Rotate if f64::from(rotating_tuples) <= endpoints => None,
+            _ => Some(ct_time_wait_s),
+        };
+        Budget { endpoints, hold_s }
+    }
+
     /// New connections per second that can be sustained, if bounded.
     pub fn per_s(&self) -> Option<f64> {
         self.hold_s
@@ -215,6 +261,26 @@ pub fn verdict(
     }
 }
 
+/// [`verdict`] behind the NAT: a run that made more new connections than
+/// the NAT budget allows, without a failure, held because closed NAT
+/// entries were taken over before conntrack's TIME_WAIT expired; it says so
+/// and how many, rather than predicting an exhaustion that did not come.
+pub fn verdict_behind_nat(
+    failed: u64,
+    first_failure_s: Option<f64>,
+    budget: Budget,
+    rate: u32,
+    conntrack: &ConntrackCounts,
+) -> (Verdict, String) {
+    match conntrack.reused {
+        Some(n) if failed == 0 && n > 0 && budget.hold_s.is_some() => (
+            Verdict::Holds,
+            format!("holds past the NAT budget: {n} new connections took over closed NAT entries"),
+        ),
+        _ => verdict(failed, first_failure_s, budget, rate),
+    }
+}
+
 fn per_s(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}/s")
@@ -225,8 +291,11 @@ fn per_s(v: f64) -> String {
 
 /// The results as a plain-text table, one row per remedy, followed by notes.
 pub fn table(report: &Report) -> String {
+    let nat = report.box_info.nat.as_ref();
+    // Behind the NAT the sampled count is the node's NAT entries toward B.
+    let peak = if nat.is_some() { "peak NAT" } else { "peak TW" };
     let header = [
-        "remedy", "calls", "ok", "failed", "1st fail", "error", "peak TW", "budget", "achieved",
+        "remedy", "calls", "ok", "failed", "1st fail", "error", peak, "budget", "achieved",
         "verdict",
     ];
     let rows: Vec<[String; 10]> = report
@@ -297,13 +366,49 @@ pub fn table(report: &Report) -> String {
         b.duration_s,
         b.kernel
     );
-    let _ = writeln!(
-        out,
-        "budget = usable ports x sources / {:.0} s of TIME_WAIT (or / tcp_tw_reuse_delay where tcp_tw_reuse applies)",
-        b.time_wait_s
-    );
+    if let Some(n) = nat {
+        let _ = writeln!(
+            out,
+            "nat: {} pods behind a node that source-NATs them to one address with {} ports ({}-{}), \
+             conntrack keeps a closed connection {:.0} s, pods give up a connect after {} ms",
+            n.pods,
+            b.ports,
+            n.nat_port_range[0],
+            n.nat_port_range[1],
+            n.conntrack_time_wait_s,
+            n.connect_timeout_ms
+        );
+        let _ = writeln!(
+            out,
+            "budget = NAT ports x NAT addresses / {:.0} s (nf_conntrack_tcp_timeout_time_wait); peak NAT = source-NATed conntrack entries toward B",
+            n.conntrack_time_wait_s
+        );
+        out.push_str("conntrack counters of the node (conntrack -S), rise during each run:\n");
+        for r in &report.remedies {
+            if let Some(c) = &r.conntrack {
+                let reused = c.reused.map_or(String::new(), |n| format!("  reused {n}"));
+                let _ = writeln!(
+                    out,
+                    "  {:<12}  insert_failed +{}  drop +{}  early_drop +{}  NAT entries peak {} at end {} on {} address(es){reused}",
+                    r.name.name(),
+                    c.insert_failed,
+                    c.drop,
+                    c.early_drop,
+                    c.peak_entries,
+                    c.entries_at_end,
+                    c.addresses_used
+                );
+            }
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "budget = usable ports x sources / {:.0} s of TIME_WAIT (or / tcp_tw_reuse_delay where tcp_tw_reuse applies)",
+            b.time_wait_s
+        );
+    }
     for r in &report.remedies {
-        let _ = writeln!(out, "  {:<10}  {}", r.name.name(), r.name.describe());
+        let _ = writeln!(out, "  {:<12}  {}", r.name.name(), r.name.describe());
     }
     for r in report.remedies.iter().filter(|r| r.shed > 0) {
         let _ = writeln!(
@@ -374,6 +479,35 @@ mod tests {
         // tcp_tw_reuse=2 is loopback only.
         let two_hosts = Budget::of(Remedy::Naive, 1000, 1, 2, true, None, Topology::TwoHosts);
         assert!((two_hosts.per_s().unwrap() - 16.67).abs() < 0.01);
+    }
+
+    #[test]
+    fn nat_budgets_follow_the_arithmetic() {
+        let naive = Budget::nat(Remedy::Naive, 1000, 1, 120.0, 2000);
+        assert!((naive.per_s().unwrap() - 8.333).abs() < 0.001);
+        let pool = Budget::nat(Remedy::SnatPool, 1000, 4, 120.0, 2000);
+        assert!((pool.per_s().unwrap() - 33.333).abs() < 0.001);
+        // Rotation bounds the entries only when pods x its range fit the NAT.
+        assert_eq!(Budget::nat(Remedy::Rotate, 1000, 1, 120.0, 2000), naive);
+        assert_eq!(
+            Budget::nat(Remedy::Rotate, 1000, 1, 120.0, 1000).per_s(),
+            None
+        );
+        assert_eq!(
+            Budget::nat(Remedy::Pooled, 1000, 1, 120.0, 2000).per_s(),
+            None
+        );
+        let reused = ConntrackCounts {
+            reused: Some(5),
+            ..Default::default()
+        };
+        let (v, text) = verdict_behind_nat(0, None, naive, 50, &reused);
+        assert_eq!(v, Verdict::Holds);
+        assert!(text.contains("5 new connections took over"), "{text}");
+        assert_eq!(
+            verdict_behind_nat(3, Some(1.0), naive, 50, &reused).0,
+            Verdict::Fails
+        );
     }
 
     #[test]

@@ -13,8 +13,12 @@ use tokio::sync::watch;
 use crate::config::{Config, Remedy, Topology, FRONTEND_PORT, UPSTREAM_PORT};
 use crate::driver::{self, DriveOutcome, Live, Load};
 use crate::error::LabError;
+use crate::nat::{self, ConntrackCounts};
 use crate::netns::{self, Privilege};
-use crate::report::{verdict, BoxInfo, Budget, Interruption, RemedyResult, RemedySettings, Report};
+use crate::report::{
+    verdict, verdict_behind_nat, BoxInfo, Budget, Interruption, NatBox, RemedyResult,
+    RemedySettings, Report,
+};
 use crate::services::{serve_frontend, serve_upstream, Outbound, UpstreamMode};
 
 /// Receives progress while the experiment runs. Every method has an empty
@@ -65,6 +69,7 @@ pub fn run_until(
     config.check()?;
     let mut remedies = Vec::new();
     let mut reuse_delay_ms = None;
+    let mut ct_time_wait_s = None;
     let mut interrupted = None;
     for (n, &remedy) in config.remedies.iter().enumerate() {
         let outcome = if stop.load(Ordering::Relaxed) {
@@ -73,8 +78,9 @@ pub fn run_until(
             run_remedy(config, remedy, observer.clone(), stop.clone())
         };
         match outcome {
-            Ok((result, delay)) => {
+            Ok((result, delay, ct_tw)) => {
                 reuse_delay_ms = reuse_delay_ms.or(delay);
+                ct_time_wait_s = ct_time_wait_s.or(ct_tw);
                 observer.finished(&result);
                 remedies.push(result);
             }
@@ -105,6 +111,12 @@ pub fn run_until(
             rate_per_s: config.rate,
             duration_s: config.duration.as_secs_f64(),
             spread_sources: config.spread_sources,
+            nat: (config.topology == Topology::Nat).then(|| NatBox {
+                pods: config.pods,
+                nat_port_range: [config.port_lo, config.port_hi],
+                conntrack_time_wait_s: ct_time_wait_s.unwrap_or(nat::DEFAULT_CT_TIME_WAIT_SECS),
+                connect_timeout_ms: NAT_CONNECT_TIMEOUT.as_millis() as u64,
+            }),
         },
         remedies,
         interrupted,
@@ -116,6 +128,9 @@ struct ClientRun {
     outcome: DriveOutcome,
     settings: RemedySettings,
     reuse_delay_ms: Option<u64>,
+    /// `--topology nat`: the node's conntrack counters and
+    /// `nf_conntrack_tcp_timeout_time_wait`.
+    nat: Option<(ConntrackCounts, f64)>,
 }
 
 fn run_remedy(
@@ -123,24 +138,39 @@ fn run_remedy(
     remedy: Remedy,
     observer: Arc<dyn Observer>,
     stop: Arc<AtomicBool>,
-) -> Result<(RemedyResult, Option<u64>), LabError> {
+) -> Result<(RemedyResult, Option<u64>, Option<f64>), LabError> {
     let run = match config.topology {
         Topology::Loopback => run_loopback(config.clone(), remedy, observer, stop)?,
         Topology::TwoHosts => run_two_hosts(config.clone(), remedy, observer, stop)?,
+        Topology::Nat => run_nat(config.clone(), remedy, observer, stop)?,
     };
     let s = &run.settings;
     let ports = u32::from(s.port_range[1]) - u32::from(s.port_range[0]) + 1;
-    let budget = Budget::of(
-        remedy,
-        ports,
-        s.sources,
-        s.tcp_tw_reuse,
-        config.timestamps,
-        run.reuse_delay_ms,
-        config.topology,
-    );
+    let budget = match run.nat {
+        Some((_, ct_time_wait_s)) => Budget::nat(
+            remedy,
+            ports,
+            s.sources,
+            ct_time_wait_s,
+            u32::from(config.pods) * config.ports(),
+        ),
+        None => Budget::of(
+            remedy,
+            ports,
+            s.sources,
+            s.tcp_tw_reuse,
+            config.timestamps,
+            run.reuse_delay_ms,
+            config.topology,
+        ),
+    };
     let o = run.outcome;
-    let (verdict, verdict_text) = verdict(o.failed, o.first_failure_s, budget, config.rate);
+    let (verdict, verdict_text) = match &run.nat {
+        Some((counts, _)) => {
+            verdict_behind_nat(o.failed, o.first_failure_s, budget, config.rate, counts)
+        }
+        None => verdict(o.failed, o.first_failure_s, budget, config.rate),
+    };
     // Completed calls over the time they took to complete, up to the first
     // failure: never the schedule, which an overloaded box does not keep.
     let achieved_per_s = o.ok_error_free as f64 / o.error_free_s;
@@ -162,9 +192,11 @@ fn run_remedy(
             verdict,
             verdict_text,
             settings: run.settings,
+            conntrack: run.nat.map(|(c, _)| c),
             timeline: o.timeline,
         },
         run.reuse_delay_ms,
+        run.nat.map(|(_, t)| t),
     ))
 }
 
@@ -209,7 +241,8 @@ fn spread_sources(config: &Config) -> Vec<IpAddr> {
     (0..config.spread_sources)
         .map(|i| match config.topology {
             Topology::Loopback => IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i)),
-            Topology::TwoHosts => IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1 + i)),
+            // `spread` does not run behind the NAT (Config::check).
+            Topology::TwoHosts | Topology::Nat => IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1 + i)),
         })
         .collect()
 }
@@ -222,17 +255,29 @@ fn outbound(
     range: [u16; 2],
     upstream: SocketAddr,
 ) -> Result<(Outbound, u32, String), LabError> {
-    let per_call = |policy: Arc<dyn fivetuple::LocalPolicy>, auth: bool| Outbound::PerCall {
-        connector: Arc::new(fivetuple::Connector::from_arc(policy)),
-        upstream,
-        auth,
+    // Behind a NAT a call that finds no NAT port is a SYN nobody answers:
+    // bound it, or the run would wait out the kernel's SYN retries.
+    let connect_timeout = (config.topology == Topology::Nat).then_some(NAT_CONNECT_TIMEOUT);
+    let per_call = |policy: Arc<dyn fivetuple::LocalPolicy>, auth: bool| {
+        let mut connector = fivetuple::Connector::from_arc(policy);
+        connector.set_connect_timeout(connect_timeout);
+        Outbound::PerCall {
+            connector: Arc::new(connector),
+            upstream,
+            auth,
+        }
     };
     let cfg_err =
         |e: fivetuple::ConfigError| LabError::run(format!("building the {remedy} policy"), e);
-    Ok(match remedy {
+    let (out, sources, mut text) = match remedy {
         Remedy::Naive | Remedy::WideRange | Remedy::TwReuse => (
             per_call(Arc::new(fivetuple::KernelDefault), false),
             1,
+            "kernel picks the port, closed per call".into(),
+        ),
+        Remedy::SnatPool | Remedy::RandomFully => (
+            per_call(Arc::new(fivetuple::KernelDefault), false),
+            nat::nat_addresses(remedy).len() as u32,
             "kernel picks the port, closed per call".into(),
         ),
         Remedy::Auth => (
@@ -282,15 +327,22 @@ fn outbound(
             ),
         ),
         Remedy::Pooled => (
-            Outbound::pooled(upstream),
+            Outbound::pooled(upstream, connect_timeout),
             1,
             "hyper-util pooled client over fivetuple::http::HttpConnector, keep-alive".into(),
         ),
-    })
+    };
+    if config.topology == Topology::Nat {
+        text.push_str(&format!(
+            "; node: {}",
+            nat::rule(remedy, range[0], range[1])
+        ));
+    }
+    Ok((out, sources, text))
 }
 
-/// The client side: frontend A, the driver and the progress ticker, in the
-/// current (client) namespace's runtime.
+/// The client side: frontend A and the driver, in the current (client)
+/// namespace's runtime.
 async fn client_side(
     config: Config,
     remedy: Remedy,
@@ -304,7 +356,30 @@ async fn client_side(
         .map_err(|e| LabError::run(format!("frontend binding {frontend_addr}"), e))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(serve_frontend(listener, out, stop_rx));
+    let outcome = drive_with_progress(
+        &config,
+        remedy,
+        &[frontend_addr],
+        netns::time_wait_count,
+        observer,
+        stop,
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    outcome
+}
 
+/// The driver against `frontends` and the progress ticker; `sample` is
+/// what the progress shows next to ok/failed (TIME_WAIT sockets, or the
+/// node's conntrack entries behind a NAT).
+async fn drive_with_progress(
+    config: &Config,
+    remedy: Remedy,
+    frontends: &[SocketAddr],
+    sample: fn() -> std::io::Result<u64>,
+    observer: Arc<dyn Observer>,
+    stop: Arc<AtomicBool>,
+) -> Result<DriveOutcome, LabError> {
     let live = Arc::new(Live::default());
     let load = Load {
         rate: config.rate,
@@ -328,14 +403,7 @@ async fn client_side(
             }
         })
     };
-    let outcome = driver::drive(
-        frontend_addr,
-        load,
-        live.clone(),
-        netns::time_wait_count,
-        stop,
-    )
-    .await;
+    let outcome = driver::drive(frontends, load, live.clone(), sample, stop).await;
     ticker.abort();
     if let Ok(o) = &outcome {
         observer.progress(
@@ -345,7 +413,6 @@ async fn client_side(
             live.time_wait.load(Ordering::Relaxed),
         );
     }
-    let _ = stop_tx.send(true);
     outcome
 }
 
@@ -386,6 +453,7 @@ fn run_loopback(
                 client,
             },
             reuse_delay_ms,
+            nat: None,
         })
     })?;
     netns::join_box(handle)
@@ -396,6 +464,16 @@ fn run_loopback(
 /// would show one call fewer than the budget: it closes with RST
 /// (`SO_LINGER {on, 0}`), which leaves no TIME_WAIT on either side.
 async fn wait_until_answers(upstream: SocketAddr, stop: &AtomicBool) -> Result<(), LabError> {
+    wait_reachable(upstream, false, stop).await
+}
+
+/// Connects to `target` every 20 ms for up to 5 s until it answers (or,
+/// with `refused_proves_path`, refuses); the connection is closed with RST.
+async fn wait_reachable(
+    target: SocketAddr,
+    refused_proves_path: bool,
+    stop: &AtomicBool,
+) -> Result<(), LabError> {
     let mut probe = fivetuple::Connector::new(fivetuple::KernelDefault);
     probe
         .set_linger_zero(true)
@@ -405,20 +483,137 @@ async fn wait_until_answers(upstream: SocketAddr, stop: &AtomicBool) -> Result<(
         if stop.load(Ordering::Relaxed) {
             return Err(LabError::Interrupted);
         }
-        match probe.connect(upstream).await {
+        let err = match probe.connect(target).await {
             // Dropping it sends the RST.
-            Ok(stream) => {
-                drop(stream);
-                return Ok(());
+            Ok(_) => return Ok(()),
+            Err(e)
+                if refused_proves_path
+                    && e.io_error().kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                return Ok(())
             }
-            Err(e) if Instant::now() >= deadline => {
-                return Err(LabError::run_msg(format!(
-                    "upstream {upstream} did not answer over the veth within 5 s: {}",
-                    e.io_error()
-                )))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(LabError::run_msg(format!(
+                "{target} did not answer within 5 s: {}",
+                err.io_error()
+            )));
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A namespace the current box links to: its thread sends its id (for
+/// `ip link ... netns TID`), waits until its links are made, runs `setup`
+/// (which starts its service on a runtime), says whether that worked, then
+/// serves until the `Peer` is finished or dropped. Dropping it (on every
+/// error path) stops the thread and waits for it, so the namespace and its
+/// veths are gone when the caller returns.
+struct Peer {
+    tid: i32,
+    go: Option<mpsc::Sender<()>>,
+    ready: mpsc::Receiver<Result<(), String>>,
+    stop: mpsc::Sender<()>,
+    handle: Option<std::thread::JoinHandle<Result<(), LabError>>>,
+}
+
+/// A runtime serving something, and the sender that stops it.
+type Serving = (tokio::runtime::Runtime, watch::Sender<bool>);
+
+impl Peer {
+    fn spawn<S>(name: &str, setup: S) -> Result<Peer, LabError>
+    where
+        S: FnOnce() -> Result<Serving, LabError> + Send + 'static,
+    {
+        let (tid_tx, tid_rx) = mpsc::channel::<i32>();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let (ready_tx, ready) = mpsc::channel::<Result<(), String>>();
+        let (stop, stop_rx) = mpsc::channel::<()>();
+        let handle = netns::spawn_box(name, move || {
+            tid_tx
+                .send(netns::current_tid())
+                .map_err(|_| LabError::namespace_msg("the builder went away"))?;
+            go_rx.recv().map_err(|_| {
+                LabError::namespace_msg("the builder went away before the links were made")
+            })?;
+            match setup() {
+                Ok((rt, serving)) => {
+                    let _ = ready_tx.send(Ok(()));
+                    // The service runs on the runtime's workers meanwhile.
+                    let _ = stop_rx.recv();
+                    let _ = serving.send(true);
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.chain()));
+                    Err(e)
+                }
+            }
+        })?;
+        match tid_rx.recv() {
+            Ok(tid) => Ok(Peer {
+                tid,
+                go: Some(go),
+                ready,
+                stop,
+                handle: Some(handle),
+            }),
+            Err(_) => Err(netns::join_box(handle)
+                .err()
+                .unwrap_or_else(|| LabError::namespace_msg(format!("{name} ended early")))),
+        }
+    }
+
+    /// Tells the peer its links exist and waits until it serves.
+    fn start(&self, what: &str) -> Result<(), LabError> {
+        if let Some(go) = &self.go {
+            let _ = go.send(());
+        }
+        match self.ready.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(LabError::namespace(what.to_string(), e)),
+            Err(_) => Err(LabError::namespace_msg(format!("{what} went away"))),
+        }
+    }
+
+    /// Stops the peer and waits for its thread (and namespace) to end.
+    fn finish(mut self) -> Result<(), LabError> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), LabError> {
+        let _ = self.stop.send(());
+        // A peer still waiting for its links sees the builder go away.
+        self.go = None;
+        self.handle.take().map_or(Ok(()), netns::join_box)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+/// Upstream B serving at `addr` on a new runtime (in the calling thread's
+/// namespace).
+fn upstream_at(addr: SocketAddr, mode: UpstreamMode) -> Result<Serving, LabError> {
+    let rt = runtime()?;
+    let listener = rt
+        .block_on(TcpListener::bind(addr))
+        .map_err(|e| LabError::run(format!("upstream binding {addr}"), e))?;
+    let (stop, stop_rx) = watch::channel(false);
+    rt.spawn(serve_upstream(listener, mode, stop_rx));
+    Ok((rt, stop))
+}
+
+fn upstream_mode(remedy: Remedy) -> UpstreamMode {
+    if remedy == Remedy::Auth {
+        UpstreamMode::Auth
+    } else {
+        UpstreamMode::Plain
     }
 }
 
@@ -428,72 +623,20 @@ fn run_two_hosts(
     observer: Arc<dyn Observer>,
     stop: Arc<AtomicBool>,
 ) -> Result<ClientRun, LabError> {
-    let (tid_tx, tid_rx) = mpsc::channel::<i32>();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let timestamps = config.timestamps;
-    let mode = if remedy == Remedy::Auth {
-        UpstreamMode::Auth
-    } else {
-        UpstreamMode::Plain
-    };
-
-    // Host B: the upstream. It waits for A to move the veth peer in, then
-    // serves until A says stop (or A's end of the channel goes away).
-    let host_b = netns::spawn_box(&format!("box-{remedy}-b"), move || {
-        let setup = || -> Result<(tokio::runtime::Runtime, watch::Sender<bool>), LabError> {
-            netns::write_sysctl("ipv4.tcp_timestamps", if timestamps { "1" } else { "0" })?;
-            tid_tx
-                .send(netns::current_tid())
-                .map_err(|_| LabError::namespace_msg("host A went away"))?;
-            go_rx.recv().map_err(|_| {
-                LabError::namespace_msg("host A went away before the veth was made")
-            })?;
-            netns::ip(&["addr", "add", &format!("{HOST_B}/15"), "dev", "ft-b"])?;
-            netns::ip(&["link", "set", "ft-b", "up"])?;
-            let rt = runtime()?;
-            let addr = SocketAddr::from((HOST_B, UPSTREAM_PORT));
-            let listener = rt
-                .block_on(TcpListener::bind(addr))
-                .map_err(|e| LabError::run(format!("upstream binding {addr}"), e))?;
-            let (stop, stop_rx) = watch::channel(false);
-            rt.spawn(serve_upstream(listener, mode, stop_rx));
-            Ok((rt, stop))
-        };
-        match setup() {
-            Ok((rt, stop)) => {
-                let _ = ready_tx.send(Ok(()));
-                // The server runs on the runtime's workers meanwhile.
-                let _ = stop_rx.recv();
-                let _ = stop.send(true);
-                rt.shutdown_timeout(Duration::from_secs(1));
-                Ok(())
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e.chain()));
-                Err(e)
-            }
-        }
+    // Host B: the upstream. It serves until host A is done with it.
+    let host_b = Peer::spawn(&format!("box-{remedy}-b"), move || {
+        netns::write_sysctl("ipv4.tcp_timestamps", if timestamps { "1" } else { "0" })?;
+        netns::ip(&["addr", "add", &format!("{HOST_B}/15"), "dev", "ft-b"])?;
+        netns::ip(&["link", "set", "ft-b", "up"])?;
+        upstream_at(
+            SocketAddr::from((HOST_B, UPSTREAM_PORT)),
+            upstream_mode(remedy),
+        )
     })?;
-
     let host_a = netns::spawn_box(&format!("box-{remedy}-a"), move || {
         let (range, reuse, reuse_delay_ms) = configure_client(&config, remedy)?;
-        let tid = tid_rx
-            .recv()
-            .map_err(|_| LabError::namespace_msg("host B failed before it was ready"))?;
-        netns::ip(&[
-            "link",
-            "add",
-            "ft-a",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "ft-b",
-            "netns",
-            &tid.to_string(),
-        ])?;
+        netns::veth("ft-a", "ft-b", host_b.tid)?;
         netns::ip(&["addr", "add", &format!("{HOST_A}/15"), "dev", "ft-a"])?;
         if remedy == Remedy::Spread {
             for source in spread_sources(&config) {
@@ -501,12 +644,7 @@ fn run_two_hosts(
             }
         }
         netns::ip(&["link", "set", "ft-a", "up"])?;
-        let _ = go_tx.send(());
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(LabError::namespace("host B", e)),
-            Err(_) => return Err(LabError::namespace_msg("host B went away")),
-        }
+        host_b.start("host B")?;
         let upstream = SocketAddr::from((HOST_B, UPSTREAM_PORT));
         let (out, sources, client) = outbound(&config, remedy, range, upstream)?;
         let _hook = crate::hook::KernelHook::for_remedy(remedy, range, upstream)?;
@@ -515,10 +653,12 @@ fn run_two_hosts(
             wait_until_answers(upstream, &stop).await?;
             client_side(config, remedy, out, observer, stop).await
         });
-        let _ = stop_tx.send(());
         rt.shutdown_timeout(Duration::from_secs(1));
+        let b = host_b.finish();
+        let outcome = outcome?;
+        b?;
         Ok(ClientRun {
-            outcome: outcome?,
+            outcome,
             settings: RemedySettings {
                 port_range: range,
                 tcp_tw_reuse: reuse,
@@ -526,16 +666,157 @@ fn run_two_hosts(
                 client,
             },
             reuse_delay_ms,
+            nat: None,
         })
-    });
-    let a = match host_a {
-        Ok(h) => netns::join_box(h),
-        Err(e) => Err(e),
-    };
-    let b = netns::join_box(host_b);
-    match (a, b) {
-        (Ok(run), _) => Ok(run),
-        (Err(_), Err(b)) => Err(b),
-        (Err(a), Ok(())) => Err(a),
+    })?;
+    netns::join_box(host_a)
+}
+
+/// How long a pod waits for a `connect()` under `--topology nat`: a SYN
+/// the NAT dropped is never answered, and the kernel would retry it for
+/// about two minutes.
+pub const NAT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Waits (bounded) until the path through the node to B works, without
+/// spending a NAT port toward B: it connects to a port B does not listen
+/// on (a NAT tuple of its own), and a refusal proves the path.
+async fn wait_until_routed(stop: &AtomicBool) -> Result<(), LabError> {
+    wait_reachable(SocketAddr::from((nat::SERVICE, FRONTEND_PORT)), true, stop).await
+}
+
+/// `--topology nat`: B in its namespace, `config.pods` pods each running
+/// frontend A, and the node between them, which source-NATs the pods
+/// (nft, `--ports` NAT ports) and runs the driver against the pods'
+/// frontends (its calls to them are routed, not NATed).
+fn run_nat(
+    config: Config,
+    remedy: Remedy,
+    observer: Arc<dyn Observer>,
+    stop: Arc<AtomicBool>,
+) -> Result<ClientRun, LabError> {
+    let range = config.range_of(remedy);
+    let pod_tw_reuse = config.tw_reuse;
+    let service = Peer::spawn(&format!("box-{remedy}-svc"), move || {
+        netns::ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", nat::SERVICE),
+            "dev",
+            nat::SERVICE_LINK,
+        ])?;
+        netns::ip(&["link", "set", nat::SERVICE_LINK, "up"])?;
+        upstream_at(
+            SocketAddr::from((nat::SERVICE, UPSTREAM_PORT)),
+            UpstreamMode::Plain,
+        )
+    })?;
+    let mut pods = Vec::with_capacity(usize::from(config.pods));
+    let (client_tx, client_rx) = mpsc::channel::<(u32, String, u8)>();
+    for k in 0..config.pods {
+        let (config, stop, client_tx) = (config.clone(), stop.clone(), client_tx.clone());
+        pods.push(Peer::spawn(&format!("box-{remedy}-pod{k}"), move || {
+            let (me, gateway) = nat::pod_addresses(k);
+            let link = nat::pod_link(k);
+            netns::write_sysctl(
+                "ipv4.tcp_timestamps",
+                if config.timestamps { "1" } else { "0" },
+            )?;
+            netns::write_sysctl("ipv4.tcp_tw_reuse", &config.tw_reuse.to_string())?;
+            netns::ip(&["addr", "add", &format!("{me}/24"), "dev", &link])?;
+            netns::ip(&["link", "set", &link, "up"])?;
+            netns::ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+            let upstream = SocketAddr::from((nat::SERVICE, UPSTREAM_PORT));
+            let (out, sources, client) = outbound(&config, remedy, range, upstream)?;
+            let _ = client_tx.send((sources, client, k));
+            let rt = runtime()?;
+            let frontend = SocketAddr::from((me, FRONTEND_PORT));
+            let listener = rt.block_on(async {
+                wait_until_routed(&stop).await?;
+                TcpListener::bind(frontend)
+                    .await
+                    .map_err(|e| LabError::run(format!("frontend binding {frontend}"), e))
+            })?;
+            let (serving, stop_rx) = watch::channel(false);
+            rt.spawn(serve_frontend(listener, out, stop_rx));
+            Ok((rt, serving))
+        })?);
     }
+    drop(client_tx);
+    let node = netns::spawn_box(&format!("box-{remedy}-node"), move || {
+        netns::veth(nat::OUTSIDE_LINK, nat::SERVICE_LINK, service.tid)?;
+        netns::ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", nat::NODE_OUTSIDE),
+            "dev",
+            nat::OUTSIDE_LINK,
+        ])?;
+        if remedy == Remedy::SnatPool {
+            for a in nat::nat_addresses(remedy) {
+                netns::ip(&["addr", "add", &format!("{a}/32"), "dev", nat::OUTSIDE_LINK])?;
+            }
+        }
+        netns::ip(&["link", "set", nat::OUTSIDE_LINK, "up"])?;
+        let mut frontends = Vec::new();
+        for (k, pod) in (0u8..).zip(&pods) {
+            let link = nat::pod_link(k);
+            let (pod_ip, me) = nat::pod_addresses(k);
+            netns::veth(&link, &link, pod.tid)?;
+            netns::ip(&["addr", "add", &format!("{me}/24"), "dev", &link])?;
+            netns::ip(&["link", "set", &link, "up"])?;
+            frontends.push(SocketAddr::from((pod_ip, FRONTEND_PORT)));
+        }
+        netns::write_sysctl("ipv4.ip_forward", "1")?;
+        nat::load_ruleset(&nat::ruleset(remedy, range[0], range[1]))?;
+        let ct_time_wait_s = nat::ct_time_wait_secs();
+        service.start("service B")?;
+        for (k, pod) in pods.iter().enumerate() {
+            pod.start(&format!("pod {k}"))?;
+        }
+        let before = nat::read_stats()?;
+        let rt = runtime()?;
+        let outcome = rt.block_on(drive_with_progress(
+            &config,
+            remedy,
+            &frontends,
+            nat::entries,
+            observer,
+            stop,
+        ));
+        rt.shutdown_timeout(Duration::from_secs(1));
+        let after = nat::read_stats()?;
+        let at_end =
+            nat::nat_table().map_err(|e| LabError::run("dumping the node's conntrack table", e))?;
+        let mut finished = Vec::new();
+        for pod in pods {
+            finished.push(pod.finish());
+        }
+        finished.push(service.finish());
+        let outcome = outcome?;
+        finished.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let counts = nat::counts(
+            &before,
+            &after,
+            outcome.peak_time_wait,
+            at_end,
+            outcome.ok,
+            remedy.closes_per_call(),
+        );
+        Ok((outcome, counts, ct_time_wait_s))
+    })?;
+    let (outcome, counts, ct_time_wait_s) = netns::join_box(node)?;
+    let (sources, client, _) = client_rx
+        .recv()
+        .map_err(|_| LabError::namespace_msg("no pod built its client"))?;
+    Ok(ClientRun {
+        outcome,
+        settings: RemedySettings {
+            port_range: range,
+            tcp_tw_reuse: pod_tw_reuse,
+            sources,
+            client,
+        },
+        reuse_delay_ms: None,
+        nat: Some((counts, ct_time_wait_s)),
+    })
 }

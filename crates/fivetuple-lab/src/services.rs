@@ -137,11 +137,12 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    /// A keep-alive pool toward `upstream`.
-    pub fn pooled(upstream: SocketAddr) -> Outbound {
-        let http = fivetuple::http::HttpConnector::new(fivetuple::Connector::new(
-            fivetuple::KernelDefault,
-        ));
+    /// A keep-alive pool toward `upstream`; `connect_timeout` bounds each
+    /// new connection's `connect()` (`None`: as long as the OS waits).
+    pub fn pooled(upstream: SocketAddr, connect_timeout: Option<Duration>) -> Outbound {
+        let mut connector = fivetuple::Connector::new(fivetuple::KernelDefault);
+        connector.set_connect_timeout(connect_timeout);
+        let http = fivetuple::http::HttpConnector::new(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
