@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use fivetuple_testkit::nat::{conntrack_list, Load, Topology, NAT_IP, PORTS, SVC};
-use fivetuple_testkit::{have_tool, root_or_skip};
+use fivetuple_testkit::nat::{can_build, conntrack_list, Load, Topology, NAT_IP, PORTS, SVC};
 
 fn doctor(netns: &str, json: bool) -> (i32, String) {
     let mut args = vec![
@@ -36,11 +35,7 @@ fn doctor(netns: &str, json: bool) -> (i32, String) {
 #[test]
 fn netns_root_doctor_nat_section_matches_conntrack_and_exits_critical() {
     let name = "netns_root_doctor_nat_section_matches_conntrack_and_exits_critical";
-    if !root_or_skip(name)
-        || !have_tool(name, "iptables", "iptables")
-        || !have_tool(name, "conntrack", "conntrack")
-        || !have_tool(name, "curl", "curl")
-    {
+    if !can_build(name) {
         return;
     }
     let topo = Topology::build();

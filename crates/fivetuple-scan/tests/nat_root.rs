@@ -13,9 +13,9 @@ use std::time::Duration;
 use fivetuple_scan::nat::{self, Basis, CtTcpState, NatSnapshot};
 use fivetuple_scan::netns::Target;
 use fivetuple_testkit::nat::{
-    conntrack_list, conntrack_s, Load, Topology, NAT_IP, PER_POD, PORTS, SVC,
+    can_build, conntrack_list, conntrack_s, Load, Topology, NAT_IP, PER_POD, PORTS, SVC,
 };
-use fivetuple_testkit::{have_tool, root_or_skip};
+use fivetuple_testkit::root_or_skip;
 
 fn group_states(snap: &NatSnapshot) -> Option<BTreeMap<String, u32>> {
     let g = snap.groups.iter().find(|g| {
@@ -33,11 +33,7 @@ fn group_states(snap: &NatSnapshot) -> Option<BTreeMap<String, u32>> {
 #[test]
 fn nat_root_masquerade_past_the_port_budget_matches_conntrack_and_counts_drops() {
     let name = "nat_root_masquerade_past_the_port_budget_matches_conntrack_and_counts_drops";
-    if !root_or_skip(name)
-        || !have_tool(name, "iptables", "iptables")
-        || !have_tool(name, "conntrack", "conntrack")
-        || !have_tool(name, "curl", "curl")
-    {
+    if !can_build(name) {
         return;
     }
     let topo = Topology::build();

@@ -25,6 +25,16 @@ pub const PORTS: (u16, u16) = (20000, 20099);
 /// Calls each curl loop makes at once.
 pub const PER_POD: usize = 80;
 
+/// Whether `test` can build the topology: root, iptables, conntrack and
+/// curl (see [`crate::root_or_skip`] and [`crate::have_tool`]: outside CI a
+/// missing one skips with a message, under CI it fails).
+pub fn can_build(test: &str) -> bool {
+    crate::root_or_skip(test)
+        && crate::have_tool(test, "iptables", "iptables")
+        && crate::have_tool(test, "conntrack", "conntrack")
+        && crate::have_tool(test, "curl", "curl")
+}
+
 /// Named namespaces `PREFIX-{node,svc,pod1,pod2}`, deleted on drop (also on panic).
 pub struct Topology {
     prefix: String,

@@ -306,42 +306,43 @@ pub fn families(views: &[NatView], top_k: usize) -> Vec<Family> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fivetuple_scan::nat::{Basis, Capacity, CtTcpState, NatGroup, NatKey, Rules, StateCounts};
+    use fivetuple_scan::nat::rules::{parse_iptables_save, Origin};
+    use fivetuple_scan::nat::{CtTcpState, Entry, Grouper, Rules};
     use std::time::Duration;
 
-    /// Destination port 1000+i holding 10*(i+1) entries (ESTABLISHED then
-    /// TIME_WAIT) of a 100-port range.
+    /// Destination port 1000+i holding 10*(i+1) entries (half ESTABLISHED,
+    /// half TIME_WAIT), grouped as a scan groups them, behind the
+    /// `--to-ports 20000-20099` rule of the root tests' topology.
     fn snap(dests: u16, stats: Stats) -> NatSnapshot {
-        let groups = (0..dests)
-            .map(|i| {
-                let total = 10 * u32::from(i + 1);
-                let mut states = StateCounts::default();
-                states.0[CtTcpState::Established.index()] = total / 2;
-                states.0[CtTcpState::TimeWait.index()] = total - total / 2;
-                NatGroup {
-                    key: NatKey {
-                        nat_source: "198.18.0.1".parse().unwrap(),
-                        destination: format!("198.18.0.2:{}", 1000 + i).parse().unwrap(),
-                    },
-                    states,
-                    total,
-                    ports_seen: (20000, 20099),
-                    capacity: Capacity {
-                        ports: 100,
-                        range: (20000, 20099),
-                        basis: Basis::KernelDefault {
-                            reason: "test".into(),
-                        },
-                        random_fully: false,
-                    },
-                }
-            })
-            .collect();
+        let rules = parse_iptables_save(
+            "*nat\n-A POSTROUTING -p tcp -o veth0 -j MASQUERADE --to-ports 20000-20099\nCOMMIT\n",
+            Origin::IptablesNft,
+        )
+        .unwrap();
+        let mut g = Grouper::default();
+        for i in 0..dests {
+            let total = 10 * (i + 1);
+            for j in 0..total {
+                g.add(&Entry {
+                    orig_src: format!("198.18.1.2:{}", 40000 + j).parse().unwrap(),
+                    orig_dst: format!("198.18.0.2:{}", 1000 + i).parse().unwrap(),
+                    reply_src: format!("198.18.0.2:{}", 1000 + i).parse().unwrap(),
+                    reply_dst: format!("198.18.0.1:{}", 20000 + j).parse().unwrap(),
+                    status: conntrack::IPS_SRC_NAT,
+                    state: Some(if j < total / 2 {
+                        CtTcpState::Established
+                    } else {
+                        CtTcpState::TimeWait
+                    }),
+                });
+            }
+        }
+        let snat_entries = g.snat_entries;
         NatSnapshot {
             source_nat: true,
             stats: Some(stats),
-            groups,
-            snat_entries: 0,
+            groups: g.finish(&rules, true),
+            snat_entries,
             rules: Rules::default(),
             notes: Vec::new(),
         }
