@@ -75,8 +75,8 @@ fn daemonset_grants_what_all_netns_needs_and_probes_paths_the_exporter_serves() 
     add.sort();
     assert_eq!(
         add,
-        ["SYS_ADMIN", "SYS_PTRACE"],
-        "setns and /proc/PID/ns/net, nothing more"
+        ["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"],
+        "setns, /proc/PID/ns/net and conntrack, nothing more"
     );
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
@@ -132,7 +132,7 @@ fn systemd_unit_verifies_and_its_exec_start_runs() {
     let mut words = exec.split_whitespace();
     assert_eq!(words.next(), Some("/usr/local/bin/fivetuple"));
     let args: Vec<String> = words.map(str::to_string).collect();
-    for cap in ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"] {
+    for cap in ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_NET_ADMIN"] {
         assert!(
             unit.lines()
                 .any(|l| l.starts_with("AmbientCapabilities=") && l.contains(cap)),
