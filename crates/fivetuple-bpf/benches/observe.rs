@@ -5,7 +5,8 @@
 //! default `tcp_tw_reuse=2`), one thread connects and closes first as fast
 //! as it can to 4 local listeners (a second thread accepts, reads to EOF
 //! and closes), in paired rounds: without the observer, then with it
-//! loaded (netns-filtered to this namespace, failure events on), the order
+//! loaded (netns-filtered to this namespace, failure events on; with and
+//! without the TIME_WAIT owner map, and without the syscall tracepoints), the order
 //! swapped every pair so drift hits both sides. Reports connects/s and
 //! process CPU (user+sys, both ends of each connection) per connect, the
 //! median of the paired ratios, the time spent inside the programs, the
@@ -231,12 +232,28 @@ fn main() {
             .map(|p| TcpListener::bind(("127.0.0.1", p)).expect("listen"))
             .collect();
         round(&dests, 2_000); // warm up
-        for (label, syscalls) in [
-            ("full: state tracepoint and syscall tracepoints", true),
-            ("state tracepoint only, Options::syscalls(false)", false),
+        for (label, syscalls, tw_owners) in [
+            (
+                "full: state tracepoint and syscall tracepoints, TIME_WAIT owners (doctor)",
+                true,
+                true,
+            ),
+            (
+                "as exporter and trace: no TIME_WAIT owners, Options::time_wait_owners(false)",
+                true,
+                false,
+            ),
+            (
+                "state tracepoint only, Options::syscalls(false)",
+                false,
+                true,
+            ),
         ] {
             println!("observer {label}");
-            let options = Options::default().netns(Some(netns)).syscalls(syscalls);
+            let options = Options::default()
+                .netns(Some(netns))
+                .syscalls(syscalls)
+                .time_wait_owners(tw_owners);
             paired(&dests, n, pairs, &options);
         }
         let observer = observe::load(Options::default().netns(Some(netns))).unwrap();
@@ -264,7 +281,7 @@ fn main() {
             .sum();
         drop(observer);
         println!(
-            "{tracked} connecting sockets: unreclaimable kernel memory +{:.1} MiB without the observer, +{:.1} MiB with it ({seen} attempts seen): {:.0} bytes of socket storage per tracked socket",
+            "{tracked} connecting sockets: unreclaimable kernel memory +{:.1} MiB without the observer, +{:.1} MiB with it ({seen} attempts resolved so far): {:.0} bytes of socket storage per tracked socket",
             without as f64 / 1048576.0,
             with as f64 / 1048576.0,
             (with as f64 - without as f64) / tracked as f64
