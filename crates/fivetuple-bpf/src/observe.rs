@@ -1,5 +1,5 @@
 //! The kernel's view of who churns source ports (`src/bpf/observe.bpf.c`):
-//! per (cgroup, comm, destination) counts of TCP connect attempts,
+//! per (cgroup, comm, destination, network namespace) counts of TCP connect attempts,
 //! successes, exhaustion failures (`EADDRNOTAVAIL`/`EADDRINUSE`, with the
 //! stage) and sockets entering TIME_WAIT, attributed to the task that
 //! connected them, plus a ring buffer that streams the failures only. A
