@@ -1,5 +1,5 @@
 //! The kernel's view of who churns source ports (`src/bpf/observe.bpf.c`):
-//! per (cgroup, comm, destination) counts of TCP connect attempts,
+//! per (cgroup, comm, destination, network namespace) counts of TCP connect attempts,
 //! successes, exhaustion failures (`EADDRNOTAVAIL`/`EADDRINUSE`, with the
 //! stage) and sockets entering TIME_WAIT, attributed to the task that
 //! connected them, plus a ring buffer that streams the failures only. A
@@ -8,6 +8,9 @@
 //!
 //! Counts live in bounded BPF hash maps read on demand ([`Observer::counts`],
 //! [`Observer::failures`]); what did not fit is in [`Observer::drops`].
+//! An attempt is counted when it resolves (established, failed, reset):
+//! a blocking `connect()` is counted before it returns, a connect still
+//! waiting for its SYN-ACK only once that comes or the socket closes.
 //! Without the privileges or kernel features, [`load`] returns
 //! [`Error::Missing`] naming each one ([`requirements`]).
 
@@ -21,7 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
 
@@ -105,12 +108,16 @@ pub struct Flow {
     pub comm: String,
     /// The destination; unspecified (`0.0.0.0:0` / `[::]:0`) for bind failures.
     pub destination: SocketAddr,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
 }
 
 /// Counts of one [`Flow`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
-    /// Connects that reached port selection (CLOSE -> SYN_SENT).
+    /// Connects that reached port selection (CLOSE -> SYN_SENT), counted
+    /// when they resolve: established, failed or reset (a connect still in
+    /// SYN_SENT is not counted yet).
     pub attempts: u64,
     /// SYN_SENT -> ESTABLISHED, blocking or not.
     pub successes: u64,
@@ -188,19 +195,19 @@ fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S
     s.serialize_f64(d.as_secs_f64())
 }
 
-/// Mirrors `struct ft_obs_key`.
+/// Mirrors `struct ft_obs_key` (the destination in IPv6 form, IPv4 v4-mapped).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 struct RawKey {
     cgroup: u64,
     comm: [u8; 16],
     daddr: [u8; 16],
+    netns: u32,
     dport: u16,
-    family: u16,
-    stage: u16,
-    err: u16,
+    stage: u8,
+    err: u8,
 }
-// SAFETY: repr(C), integers and byte arrays in 8/4/2-byte slots, no padding.
+// SAFETY: repr(C), integers and byte arrays in 8/4/2/1-byte slots, no padding.
 unsafe impl Pod for RawKey {}
 
 /// Mirrors `struct ft_obs_counts`.
@@ -219,8 +226,13 @@ unsafe impl Pod for RawCounts {}
 #[derive(Debug, Clone, Copy, Default)]
 struct RawConfig {
     netns: u32,
-    events: u32,
+    flags: u32,
 }
+
+/// `enum ft_obs_config_flags`.
+const CFG_EVENTS: u32 = 1;
+const CFG_SYSCALLS: u32 = 2;
+const CFG_TW_OWNERS: u32 = 4;
 // SAFETY: repr(C), two u32.
 unsafe impl Pod for RawConfig {}
 
@@ -249,7 +261,7 @@ struct RawEvent {
 struct RawOwner {
     key: RawKey,
     tgid: u32,
-    netns: u32,
+    pad: u32,
 }
 // SAFETY: repr(C), a RawKey and two u32, no padding.
 unsafe impl Pod for RawOwner {}
@@ -304,7 +316,8 @@ impl RawKey {
         Flow {
             cgroup: self.cgroup,
             comm: comm_string(&self.comm),
-            destination: address(self.family, &self.daddr, self.dport),
+            destination: SocketAddr::new(Ipv6Addr::from(self.daddr).to_canonical(), self.dport),
+            netns: self.netns,
         }
     }
 }
@@ -338,7 +351,8 @@ impl RawEvent {
 }
 
 /// What to observe and how big the maps are. Defaults: every network
-/// namespace, failure events on, 16,384 flows, 4,096 failure keys. The
+/// namespace, failure events on, TIME_WAIT owners kept, 16,384 flows,
+/// 4,096 failure keys. The
 /// owner of each connected socket lives in socket-local storage, which the
 /// kernel frees with the socket: no bound to set, nothing held when idle.
 #[derive(Debug, Clone)]
@@ -348,6 +362,7 @@ pub struct Options {
     max_flows: u32,
     max_failures: u32,
     syscalls: bool,
+    time_wait_owners: bool,
 }
 
 impl Default for Options {
@@ -358,6 +373,7 @@ impl Default for Options {
             max_flows: 16_384,
             max_failures: 4_096,
             syscalls: true,
+            time_wait_owners: true,
         }
     }
 }
@@ -389,6 +405,15 @@ impl Options {
     /// failures are counted, and no syscall takes the kernel's traced path.
     pub fn syscalls(mut self, on: bool) -> Options {
         self.syscalls = on;
+        self
+    }
+
+    /// Keep the owner of each connection that enters TIME_WAIT under its
+    /// 4-tuple, for [`Observer::time_wait_owners`] (an LRU map of 65,536,
+    /// about 10 MiB, and one update per TIME_WAIT). Default on; off,
+    /// `time_wait_owners()` is empty and the counts are unchanged.
+    pub fn time_wait_owners(mut self, on: bool) -> Options {
+        self.time_wait_owners = on;
         self
     }
 }
@@ -522,9 +547,12 @@ pub fn load(options: Options) -> Result<Observer, Error> {
                 .expect("ft_obs_config in the object"),
         )
         .map_err(|e| Error::io("opening ft_obs_config", e))?;
+        let flag = |on: bool, bit: u32| if on { bit } else { 0 };
         let raw = RawConfig {
             netns: options.netns.unwrap_or(0),
-            events: u32::from(options.events),
+            flags: flag(options.events, CFG_EVENTS)
+                | flag(options.syscalls, CFG_SYSCALLS)
+                | flag(options.time_wait_owners, CFG_TW_OWNERS),
         };
         config
             .set(0, raw, 0)
@@ -609,22 +637,21 @@ fn boot_offset() -> Duration {
 }
 
 impl Observer {
-    /// The counts per flow so far.
+    /// The counts per flow so far (summed over CPUs).
     pub fn counts(&self) -> Result<Vec<(Flow, Counts)>, Error> {
-        let map: BpfHashMap<_, RawKey, RawCounts> =
-            BpfHashMap::try_from(self.ebpf.map("ft_counts").expect("ft_counts in the object"))
+        let map: PerCpuHashMap<_, RawKey, RawCounts> =
+            PerCpuHashMap::try_from(self.ebpf.map("ft_counts").expect("ft_counts in the object"))
                 .map_err(|e| Error::io("opening ft_counts", e))?;
         let mut out = Vec::new();
         for entry in map.iter() {
-            let (k, v) = entry.map_err(|e| Error::io("reading ft_counts", e))?;
-            out.push((
-                k.flow(),
-                Counts {
-                    attempts: v.attempts,
-                    successes: v.successes,
-                    time_wait: v.time_wait,
-                },
-            ));
+            let (k, per_cpu) = entry.map_err(|e| Error::io("reading ft_counts", e))?;
+            let mut sum = Counts::default();
+            for v in per_cpu.iter() {
+                sum.attempts += v.attempts;
+                sum.successes += v.successes;
+                sum.time_wait += v.time_wait;
+            }
+            out.push((k.flow(), sum));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -641,7 +668,7 @@ impl Observer {
         let mut out = Vec::new();
         for entry in map.iter() {
             let (k, count) = entry.map_err(|e| Error::io("reading ft_failures", e))?;
-            let Some(stage) = Stage::from_raw(k.stage) else {
+            let Some(stage) = Stage::from_raw(u16::from(k.stage)) else {
                 continue;
             };
             out.push(Failures {
@@ -657,7 +684,8 @@ impl Observer {
 
     /// The owners of connections that entered TIME_WAIT while the observer
     /// ran, by 4-tuple (the most recent 65,536; a TIME_WAIT lasts 60 s, so
-    /// some listed may have expired: join with the socket table).
+    /// some listed may have expired: join with the socket table). Empty
+    /// when loaded with [`Options::time_wait_owners`] off.
     pub fn time_wait_owners(&self) -> Result<Vec<TimeWaitOwner>, Error> {
         let map: BpfHashMap<_, RawTuple, RawOwner> = BpfHashMap::try_from(
             self.ebpf
@@ -750,6 +778,7 @@ impl Observer {
                 | aya::maps::Map::HashMap(m)
                 | aya::maps::Map::LruHashMap(m)
                 | aya::maps::Map::PerCpuArray(m)
+                | aya::maps::Map::PerCpuHashMap(m)
                 | aya::maps::Map::RingBuf(m)
                 | aya::maps::Map::SkStorage(m)
                 | aya::maps::Map::Unsupported(m) => m.fd().as_fd().as_raw_fd(),
@@ -940,6 +969,28 @@ mod tests {
             )
         }
         .to_vec()
+    }
+
+    #[test]
+    fn keys_hold_ipv4_destinations_v4_mapped() {
+        let key = |daddr: &str, dport: u16| RawKey {
+            cgroup: 9,
+            daddr: daddr.parse::<Ipv6Addr>().unwrap().octets(),
+            netns: 4026531840,
+            dport,
+            ..RawKey::default()
+        };
+        let v4 = key("::ffff:127.0.0.1", 8080).flow();
+        assert_eq!(v4.destination, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!((v4.cgroup, v4.netns), (9, 4026531840));
+        let v6 = key("::1", 443).flow();
+        assert_eq!(v6.destination, "[::1]:443".parse().unwrap());
+        // A bind failure has no destination, in its own family.
+        assert_eq!(
+            key("::ffff:0.0.0.0", 0).flow().destination,
+            "0.0.0.0:0".parse().unwrap()
+        );
+        assert_eq!(key("::", 0).flow().destination, "[::]:0".parse().unwrap());
     }
 
     #[test]

@@ -314,3 +314,84 @@ fn counts_equal_what_python_curl_and_go_clients_counted_root() {
     });
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// The client sockets `ss` shows in SYN-SENT towards `dst`.
+fn ss_syn_sent_to(dst: SocketAddr) -> usize {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "syn-sent", "dst"])
+        .arg(dst.to_string())
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// An attempt is counted when it resolves (established, failed, closed),
+/// in one map update with its success: an established connection that is
+/// still open is counted at once; a connect whose SYN nobody answers is
+/// counted only when it leaves SYN-SENT.
+#[test]
+fn attempts_count_when_they_resolve_root() {
+    let test = "attempts_count_when_they_resolve_root";
+    if !root_or_skip(test) || !have_tool(test, "ss", "iproute2") {
+        return;
+    }
+    in_fresh_netns(&[], || {
+        use socket2::{Domain, Socket, Type};
+        let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
+        let observer = observe::load(Options::default().netns(Some(netns)))
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        let dst: SocketAddr = "127.0.0.1:18011".parse().unwrap();
+        // Backlog 0: the first connection fills the accept queue (never
+        // accepted), so the kernel drops the next one's SYN.
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener.bind(&dst.into()).unwrap();
+        listener.listen(0).unwrap();
+        let counts = || -> Counts {
+            observer
+                .counts()
+                .unwrap()
+                .into_iter()
+                .filter(|(f, _)| f.destination == dst)
+                .map(|(_, c)| c)
+                .fold(Counts::default(), |a, c| Counts {
+                    attempts: a.attempts + c.attempts,
+                    successes: a.successes + c.successes,
+                    time_wait: a.time_wait + c.time_wait,
+                })
+        };
+        let open = std::net::TcpStream::connect(dst).expect("the first connect is queued");
+        let one = Counts {
+            attempts: 1,
+            successes: 1,
+            time_wait: 0,
+        };
+        assert_eq!(counts(), one, "established and still open: counted");
+        let pending = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        pending.set_nonblocking(true).unwrap();
+        let err = pending.connect(&dst.into()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINPROGRESS), "{err}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(ss_syn_sent_to(dst), 1, "the second SYN is unanswered");
+        assert_eq!(
+            counts(),
+            one,
+            "a connect still in SYN-SENT is not counted yet"
+        );
+        drop(pending); // SYN_SENT -> CLOSE: the attempt resolves, failed
+        assert_eq!(ss_syn_sent_to(dst), 0);
+        assert_eq!(
+            counts(),
+            Counts {
+                attempts: 2,
+                successes: 1,
+                time_wait: 0,
+            },
+            "counted when it left SYN-SENT"
+        );
+        assert!(
+            observer.failures().unwrap().is_empty(),
+            "not an exhaustion failure"
+        );
+        drop(open);
+    });
+}

@@ -3,7 +3,8 @@
 //! time (the socket table has none for them: `ss -p` prints nothing), and
 //! the connects and binds that failed for lack of a port in that time,
 //! which no socket table shows at all. Without BPF the doctor runs as
-//! before and says once, in its notes, what is missing.
+//! before and says once, in its notes, what is missing; the socket table's
+//! "TIME_WAIT sockets have no owning process" note stays only then.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -158,10 +159,16 @@ pub fn finish(
         d.processes
             .sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
     }
-    analysis.notes.push(format!(
-        "owners of {attributed} of {total} TIME_WAIT sockets come from BPF (connections that entered TIME_WAIT during the {:.0}s interval); the others have no owner in the socket table",
-        interval.as_secs_f64()
-    ));
+    // BPF is the owner source now: its note replaces the socket table's
+    // "no owning process", which would contradict the owners just added.
+    analysis
+        .notes
+        .retain(|n| n != fivetuple_scan::model::TIME_WAIT_NO_OWNER);
+    if total > 0 {
+        analysis
+            .notes
+            .push(time_wait_note(attributed, total, interval));
+    }
     Ok(Some(Report {
         source: "bpf",
         interval_s: interval.as_secs_f64(),
@@ -170,6 +177,22 @@ pub fn finish(
         failures: observer.failures()?,
         unavailable: None,
     }))
+}
+
+/// The note naming BPF as the source of TIME_WAIT owners, and why the
+/// rest have none.
+fn time_wait_note(attributed: usize, total: usize, interval: Duration) -> String {
+    let secs = interval.as_secs_f64();
+    let mut note = format!(
+        "TIME_WAIT owners come from BPF (source: the kernel's connect and state-change tracepoints, during the {secs:.0}s interval): {attributed} of {total} TIME_WAIT sockets attributed"
+    );
+    if attributed < total {
+        note.push_str(&format!(
+            "; the other {} entered TIME_WAIT before the observer ran, or were closed first by this host's accepted side, and have no owner",
+            total - attributed
+        ));
+    }
+    note
 }
 
 /// The text section "failures in the last N seconds" (nothing when BPF was
@@ -204,4 +227,25 @@ pub fn write_section(out: &mut dyn Write, report: &Report) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_wait_note_names_bpf_and_the_unattributed() {
+        let all = time_wait_note(20, 20, Duration::from_secs(10));
+        assert!(all.starts_with("TIME_WAIT owners come from BPF"), "{all}");
+        assert!(
+            all.contains("20 of 20") && !all.contains("no owner"),
+            "{all}"
+        );
+        let some = time_wait_note(5, 8, Duration::from_secs(10));
+        assert!(
+            some.contains("5 of 8") && some.contains("the other 3"),
+            "{some}"
+        );
+        assert!(some.contains("have no owner"), "{some}");
+    }
 }

@@ -60,7 +60,8 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<u8> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing a signal handler")?;
     }
-    let mut observer = match observe::load(Options::default().netns(netns)) {
+    let mut observer = match observe::load(Options::default().netns(netns).time_wait_owners(false))
+    {
         Ok(o) => o,
         Err(e) => {
             eprintln!("fivetuple: trace: {}", chain(&e));
@@ -301,6 +302,21 @@ impl Trace {
             dropped_note(t.dropped)
         )?;
         let failures = observer.failures()?;
+        let counts = observer.counts()?;
+        // With --all-netns the same comm and destination may be counted in
+        // several namespaces: name the namespace then.
+        let namespaces: std::collections::BTreeSet<u32> = counts
+            .iter()
+            .map(|(f, _)| f.netns)
+            .chain(failures.iter().map(|f| f.flow.netns))
+            .collect();
+        let in_netns = |netns: u32| {
+            if namespaces.len() > 1 {
+                format!(" (netns {netns})")
+            } else {
+                String::new()
+            }
+        };
         if !failures.is_empty() {
             writeln!(out, "exhaustion failures by process and destination:")?;
             for f in &failures {
@@ -311,28 +327,33 @@ impl Trace {
                 };
                 writeln!(
                     out,
-                    "  {:>7}  {:<15} {:<22} {} {}",
+                    "  {:>7}  {:<15} {:<22} {} {}{}",
                     f.count,
                     f.flow.comm,
                     dest,
                     f.stage,
-                    observe::errno_name(f.errno)
+                    observe::errno_name(f.errno),
+                    in_netns(f.flow.netns)
                 )?;
             }
         }
-        let mut busiest: Vec<(String, SocketAddr, Counts)> = observer
-            .counts()?
+        let mut busiest: Vec<(String, SocketAddr, Counts, u32)> = counts
             .into_iter()
-            .map(|(f, c)| (f.comm, f.destination, c))
+            .map(|(f, c)| (f.comm, f.destination, c, f.netns))
             .collect();
         busiest.sort_by_key(|b| std::cmp::Reverse(b.2.attempts));
         if !busiest.is_empty() {
             writeln!(out, "busiest (connects, established, TIME_WAIT entries):")?;
-            for (comm, dest, c) in busiest.iter().take(10) {
+            for (comm, dest, c, netns) in busiest.iter().take(10) {
                 writeln!(
                     out,
-                    "  {:>7} {:>7} {:>7}  {:<15} {}",
-                    c.attempts, c.successes, c.time_wait, comm, dest
+                    "  {:>7} {:>7} {:>7}  {:<15} {}{}",
+                    c.attempts,
+                    c.successes,
+                    c.time_wait,
+                    comm,
+                    dest,
+                    in_netns(*netns)
                 )?;
             }
         }

@@ -352,7 +352,76 @@ fn doctor_names_time_wait_owners_and_failures_from_bpf_root() {
             .sum();
         assert_eq!(owned, ok, "every TIME_WAIT has its curl owner: {dest}");
         let notes = doc["notes"].to_string();
-        assert!(notes.contains("come from BPF"), "{notes}");
+        assert!(
+            notes.contains("TIME_WAIT owners come from BPF") && notes.contains("20 of 20"),
+            "{notes}"
+        );
+        assert!(!notes.contains(NO_OWNER), "BPF named the owners: {notes}");
+    });
+}
+
+/// The socket table's note, which doctor prints only without BPF.
+const NO_OWNER: &str = "TIME_WAIT sockets have no owning process";
+
+/// Doctor's text report, after checking it exited 0, 1 or 2.
+fn doctor_text(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        matches!(out.status.code(), Some(0..=2)),
+        "doctor: {:?} {text} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.into_owned()
+}
+
+#[test]
+fn doctor_names_its_time_wait_owner_source_root() {
+    let test = "doctor_names_its_time_wait_owner_source_root";
+    if !have_root(test) || !have_tool(test, "curl", "curl") || !have_tool(test, "ss", "iproute2") {
+        return;
+    }
+    in_fresh_netns(|| {
+        sysctl("ip_local_port_range", "40000 40099");
+        sysctl("tcp_tw_reuse", "0");
+        let (_listener, port) = upstream();
+        // 5 TIME_WAITs no observer saw connect.
+        assert_eq!(curl_calls(port, 5), (5, 0));
+        // Without BPF (nobody: no CAP_BPF), the socket table is the only
+        // source: the no-owner note and why there is no BPF.
+        let out = Command::new(BIN)
+            .args(["doctor", "--interval", "200ms"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run doctor as nobody");
+        let text = doctor_text(&out);
+        assert_eq!(text.matches(NO_OWNER).count(), 1, "{text}");
+        assert!(text.contains("no BPF attribution"), "{text}");
+        assert!(!text.contains("come from BPF"), "{text}");
+        // With BPF: 3 more connections during the interval are attributed,
+        // the 5 older ones are not, and the note says so; no no-owner line.
+        let doctor = Command::new(BIN)
+            .args(["doctor", "--interval", "6s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run doctor");
+        std::thread::sleep(Duration::from_secs(3)); // the observer attaches
+        assert_eq!(curl_calls(port, 3), (3, 0));
+        let out = doctor.wait_with_output().unwrap();
+        let text = doctor_text(&out);
+        let ss_tw = Command::new("ss")
+            .args(["-Htan", "state", "time-wait"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&ss_tw.stdout).lines().count(), 8);
+        assert!(
+            text.contains("TIME_WAIT owners come from BPF") && text.contains("3 of 8"),
+            "{text}"
+        );
+        assert!(text.contains("the other 5"), "{text}");
+        assert!(!text.contains(NO_OWNER), "{text}");
     });
 }
 
@@ -452,4 +521,62 @@ fn prometheus_fires_the_exhaustion_alert_from_a_real_scrape_root() {
         assert!(counter.contains(&format!("\"{failed}\"")), "{counter}");
     });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exporter_bpf_all_netns_counts_each_namespace_apart_root() {
+    let test = "exporter_bpf_all_netns_counts_each_namespace_apart_root";
+    if !have_root(test) || !have_tool(test, "curl", "curl") {
+        return;
+    }
+    // From the host namespace: the exporter watches every namespace.
+    let (_exporter, addr) = start_exporter(&["--bpf", "--all-netns", "--top-k", "1000"], |_| {});
+    // Two namespaces, each with a 100-port range and its own upstream on the
+    // same address: curl, the same comm to the same destination, runs out of
+    // ports in each, a different number of times.
+    let run = |calls: usize| {
+        in_fresh_netns(|| {
+            use std::os::unix::fs::MetadataExt;
+            sysctl("ip_local_port_range", "40000 40099");
+            sysctl("tcp_tw_reuse", "0");
+            let (_listener, port) = upstream();
+            let inode = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+            (inode, port, curl_calls(port, calls))
+        })
+    };
+    let a = run(103);
+    let b = run(107);
+    assert_ne!(a.0, b.0, "two namespaces");
+    assert_eq!((a.2, b.2), ((100, 3), (100, 7)), "100 ports each");
+    std::thread::sleep(Duration::from_millis(300));
+    let reply = get(addr, "/metrics");
+    assert_eq!(reply.status, 200);
+    let body = reply.body;
+    assert!(body.contains("fivetuple_bpf_observer_loaded 1"), "{body}");
+    for (inode, port, (ok, failed)) in [a, b] {
+        let netns = format!("netns=\"{inode}\"");
+        let dest = format!("destination=\"127.0.0.1:{port}\"");
+        let who = [netns.as_str(), dest.as_str(), "comm=\"curl\""];
+        assert_eq!(
+            sample(&body, "fivetuple_connect_attempts_total", &who),
+            Some((ok + failed) as f64),
+            "{inode}: {body}"
+        );
+        let mut failure = who.to_vec();
+        failure.extend(["errno=\"EADDRNOTAVAIL\"", "stage=\"connect\""]);
+        assert_eq!(
+            sample(
+                &body,
+                "fivetuple_connect_exhaustion_failures_total",
+                &failure
+            ),
+            Some(failed as f64),
+            "{inode}: {body}"
+        );
+        assert_eq!(
+            sample(&body, "fivetuple_time_wait_entries_total", &who),
+            Some(ok as f64),
+            "{inode}: {body}"
+        );
+    }
 }

@@ -10,11 +10,18 @@
 //
 //   tp_btf/inet_sock_set_state, in the connecting task:
 //     CLOSE -> SYN_SENT  tcp_v{4,6}_connect sets it right before the port is
-//                        picked (inet_hash_connect): an attempt; the owner is
-//                        remembered in the socket's local storage and the
-//                        call in the thread's task storage.
-//     SYN_SENT -> ESTABLISHED  a success (non-blocking connects too).
-//     SYN_SENT -> CLOSE  inside the call: the connect failed (errno below).
+//                        picked (inet_hash_connect): an attempt starts; the
+//                        owner is remembered in the socket's local storage
+//                        and the call in the thread's task storage. Nothing
+//                        is counted yet (no ft_counts lookup).
+//     SYN_SENT -> ESTABLISHED  the attempt and a success (non-blocking
+//                        connects too), counted together in one lookup.
+//     SYN_SENT -> CLOSE  the attempt, failed: inside the call (errno below),
+//                        or later (reset, timeout, close while connecting).
+//     SYN_SENT -> other  (SYN_RECV, simultaneous open): the attempt.
+//     So an attempt is counted when it resolves: a connect still in SYN_SENT
+//     (a SYN nobody answers yet) is not in ft_counts until it does, which
+//     for a blocking connect() is before the call returns.
 //     FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE with the socket already unhashed:
 //                        a timewait socket took its place. On 6.18 the
 //                        tracepoint never shows newstate TIME_WAIT:
@@ -27,6 +34,12 @@
 //     (EADDRNOTAVAIL from __inet_hash_connect, or EADDRINUSE).
 //   tracepoint/syscalls/sys_{enter,exit}_bind: EADDRINUSE of bind() on a TCP
 //     socket (the fd is resolved to its socket only on that error).
+//
+// Cost: every state change of every TCP socket runs ft_set_state (about 10
+// per connection, both ends), so the states are filtered first, before any
+// map access; a connection does two ft_counts lookups (resolution and
+// timewait) into a per-CPU hash (no atomics), one socket-storage allocation,
+// and the timewait owner update only when asked (FT_CFG_TW_OWNERS).
 //
 // A v4-mapped destination on an IPv6 socket is counted as IPv4. Maps are
 // bounded; what does not fit is counted in ft_drops.
@@ -64,8 +77,11 @@ struct {
 	__type(value, struct ft_obs_config);
 } ft_obs_config SEC(".maps");
 
+// Per CPU: the counts are summed by the reader anyway, and a CPU's own slot
+// needs no atomic add (the program does not nest on one CPU: the kernel's
+// per-program recursion guard, bpf_prog->active).
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct ft_obs_key);
 	__type(value, struct ft_obs_counts);
@@ -174,10 +190,15 @@ static __always_inline void count_failure(const struct ft_obs_key *key)
 	__sync_fetch_and_add(c, 1);
 }
 
-static __always_inline void send_event(const struct ft_obs_config *cfg, const struct ft_obs_key *key,
-				       const __u8 *saddr, __u16 sport, __u32 netns)
+static __always_inline int is_mapped(const __u32 *w)
 {
-	if (!cfg->events)
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline void send_event(const struct ft_obs_config *cfg, const struct ft_obs_key *key,
+				       __u16 family, const __u8 *saddr, __u16 sport)
+{
+	if (!(cfg->flags & FT_CFG_EVENTS))
 		return;
 	struct ft_obs_event *e = bpf_ringbuf_reserve(&ft_events, sizeof(*e), 0);
 	if (!e) {
@@ -191,38 +212,35 @@ static __always_inline void send_event(const struct ft_obs_config *cfg, const st
 	e->tid = (__u32)id;
 	__builtin_memcpy(e->comm, key->comm, sizeof(e->comm));
 	__builtin_memcpy(e->saddr, saddr, sizeof(e->saddr));
-	__builtin_memcpy(e->daddr, key->daddr, sizeof(e->daddr));
+	if (family == AF_INET) // the event keeps IPv4 in the first 4 bytes
+		__builtin_memcpy(e->daddr, key->daddr + 12, 4);
+	else
+		__builtin_memcpy(e->daddr, key->daddr, sizeof(e->daddr));
 	e->sport = sport;
 	e->dport = key->dport;
-	e->family = key->family;
+	e->family = family;
 	e->stage = key->stage;
 	e->err = key->err;
-	e->netns = netns;
+	e->netns = key->netns;
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline int is_mapped(const __u32 *w)
+static __always_inline __u16 key_family(const struct ft_obs_key *key)
 {
-	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+	return is_mapped((const __u32 *)key->daddr) ? AF_INET : AF_INET6;
 }
 
-// The destination of a socket in SYN_SENT (set before the port is picked);
-// a v4-mapped IPv6 destination becomes IPv4.
+// The destination of a socket in SYN_SENT (set before the port is picked),
+// in IPv6 form; a v4-mapped IPv6 destination is IPv4 already.
 static __always_inline void destination(const struct sock *sk, struct ft_obs_key *key)
 {
 	key->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (sk->__sk_common.skc_family == AF_INET6) {
-		__u32 w[4];
-		BPF_CORE_READ_INTO(&w, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32);
-		if (!is_mapped(w)) {
-			__builtin_memcpy(key->daddr, w, 16);
-			key->family = AF_INET6;
-			return;
-		}
+		BPF_CORE_READ_INTO((struct in6_addr *)key->daddr, sk, __sk_common.skc_v6_daddr);
+		return;
 	}
-	__u32 a = sk->__sk_common.skc_daddr;
-	__builtin_memcpy(key->daddr, &a, 4);
-	key->family = AF_INET;
+	__u32 w[4] = {0, 0, bpf_htonl(0xffff), sk->__sk_common.skc_daddr};
+	__builtin_memcpy(key->daddr, w, 16);
 }
 
 // The source the application bound (SOCK_BINDADDR_LOCK / SOCK_BINDPORT_LOCK),
@@ -250,21 +268,23 @@ static __always_inline void on_syn_sent(const struct sock *sk)
 	__u32 netns = sk->__sk_common.skc_net.net->ns.inum; // BTF pointer walk, no probe reads
 	if (cfg->netns && cfg->netns != netns)
 		return;
-	struct ft_obs_owner owner = {};
-	owner.key.cgroup = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(owner.key.comm, sizeof(owner.key.comm));
-	destination(sk, &owner.key);
-	__u64 id = bpf_get_current_pid_tgid();
-	owner.tgid = id >> 32;
-	owner.netns = netns;
-	struct ft_obs_counts *c = counts_of(&owner.key);
-	if (c)
-		__sync_fetch_and_add(&c->attempts, 1);
+	// Filled in place: the storage is the only copy (a reconnect of the
+	// same socket overwrites it).
 	struct ft_obs_owner *o = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (o)
-		*o = owner;
-	else
+	if (!o) {
 		drop(FT_DROP_OWNER_FULL);
+		return;
+	}
+	o->key.cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(o->key.comm, sizeof(o->key.comm));
+	destination(sk, &o->key);
+	o->key.netns = netns;
+	o->key.stage = 0;
+	o->key.err = 0;
+	o->tgid = bpf_get_current_pid_tgid() >> 32;
+	o->pad = 0;
+	if (!(cfg->flags & FT_CFG_SYSCALLS))
+		return; // no sys_exit_connect to give a failure its errno
 	struct ft_obs_pending *p =
 		bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!p) {
@@ -272,9 +292,8 @@ static __always_inline void on_syn_sent(const struct sock *sk)
 		return;
 	}
 	__builtin_memset(p, 0, sizeof(*p));
-	p->key = owner.key;
+	p->key = o->key;
 	p->sk = (__u64)sk;
-	p->netns = netns;
 	p->active = 1;
 }
 
@@ -288,7 +307,7 @@ static __always_inline void remember_tw(const struct sock *sk, const struct ft_o
 	// header's inet_sport keeps the port.
 	t.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	t.dport = bpf_ntohs(sk->__sk_common.skc_dport);
-	t.family = owner->key.family;
+	t.family = key_family(&owner->key);
 	if (t.family == AF_INET6) {
 		BPF_CORE_READ_INTO((struct in6_addr *)t.saddr, sk, __sk_common.skc_v6_rcv_saddr);
 		BPF_CORE_READ_INTO((struct in6_addr *)t.daddr, sk, __sk_common.skc_v6_daddr);
@@ -307,52 +326,70 @@ static __always_inline int unhashed(const struct sock *sk)
 	return sk->__sk_common.skc_nulls_node.pprev == 0; // a direct (BTF) load, no probe read
 }
 
+// SYN_SENT -> anything: the attempt resolved (ESTABLISHED: a success).
+static __always_inline void on_resolved(const struct sock *sk, int newstate)
+{
+	if (newstate == TCP_CLOSE) {
+		struct ft_obs_pending *p = bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, 0);
+		if (p && p->active && p->sk == (__u64)sk) {
+			p->failed = 1;
+			bound_source(sk, key_family(&p->key), p->saddr, &p->sport);
+		}
+	}
+	struct ft_obs_owner *owner = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, 0);
+	if (!owner) {
+		if (newstate == TCP_ESTABLISHED)
+			drop(FT_NOTE_EST_UNOWNED);
+		return;
+	}
+	struct ft_obs_counts *c = counts_of(&owner->key);
+	if (!c)
+		return;
+	c->attempts += 1; // this CPU's slot
+	if (newstate == TCP_ESTABLISHED)
+		c->successes += 1;
+}
+
+// FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE, unhashed: a timewait socket took its place.
+static __always_inline void on_time_wait(const struct sock *sk)
+{
+	struct ft_obs_owner *owner = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, 0);
+	if (!owner) {
+		drop(FT_NOTE_TW_UNOWNED);
+		return;
+	}
+	struct ft_obs_counts *c = counts_of(&owner->key);
+	if (c)
+		c->time_wait += 1;
+	struct ft_obs_config *cfg = obs_config();
+	if (cfg && (cfg->flags & FT_CFG_TW_OWNERS))
+		remember_tw(sk, owner);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int newstate)
 {
+	// The states first: most changes (the accepting side's, ESTABLISHED ->
+	// FIN_WAIT1, ...) need no work and touch no map.
 	if (newstate == TCP_SYN_SENT) {
 		if (oldstate == TCP_CLOSE && sk->sk_protocol == IPPROTO_TCP)
 			on_syn_sent(sk);
 		return 0;
 	}
-	if (newstate != TCP_CLOSE && !(oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED))
-		return 0;
-	if (sk->sk_protocol != IPPROTO_TCP)
-		return 0;
-	__u64 ptr = (__u64)sk;
-	struct ft_obs_owner *owner = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, 0);
-	if (newstate == TCP_ESTABLISHED) {
-		if (!owner) {
-			drop(FT_NOTE_EST_UNOWNED);
-			return 0;
-		}
-		struct ft_obs_counts *c = counts_of(&owner->key);
-		if (c)
-			__sync_fetch_and_add(&c->successes, 1);
-		return 0;
-	}
-	// newstate == TCP_CLOSE
 	if (oldstate == TCP_SYN_SENT) {
-		struct ft_obs_pending *p = bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, 0);
-		if (p && p->active && p->sk == ptr) {
-			p->failed = 1;
-			bound_source(sk, p->key.family, p->saddr, &p->sport);
-		}
-	} else if (oldstate == TCP_FIN_WAIT1 || oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) {
-		if (unhashed(sk)) {
-			if (owner) {
-				struct ft_obs_counts *c = counts_of(&owner->key);
-				if (c)
-					__sync_fetch_and_add(&c->time_wait, 1);
-				remember_tw(sk, owner);
-			} else {
-				drop(FT_NOTE_TW_UNOWNED);
-			}
-		}
+		if (sk->sk_protocol == IPPROTO_TCP)
+			on_resolved(sk, newstate);
+		return 0;
 	}
+	if (newstate != TCP_CLOSE)
+		return 0;
+	if (oldstate != TCP_FIN_WAIT1 && oldstate != TCP_FIN_WAIT2 && oldstate != TCP_CLOSING)
+		return 0; // LAST_ACK -> CLOSE (the side closed second), resets
+	if (!unhashed(sk) || sk->sk_protocol != IPPROTO_TCP)
+		return 0; // a reset or a FIN_WAIT2 timeout: no timewait socket
+	on_time_wait(sk);
 	// The owner stays in the socket's storage until the kernel frees the
-	// socket (a reconnect of the same socket overwrites it): deleting here
-	// would cost a free per connection for nothing.
+	// socket: deleting here would cost a free per connection for nothing.
 	return 0;
 }
 
@@ -371,7 +408,7 @@ int ft_exit_connect(struct trace_event_raw_sys_exit *ctx)
 			key.stage = FT_STAGE_CONNECT;
 			key.err = -ret;
 			count_failure(&key);
-			send_event(cfg, &key, p->saddr, p->sport, p->netns);
+			send_event(cfg, &key, key_family(&key), p->saddr, p->sport);
 		}
 	}
 	return 0;
@@ -431,21 +468,24 @@ int ft_exit_bind(struct trace_event_raw_sys_exit *ctx)
 	struct ft_obs_key key = {};
 	__u8 saddr[16] = {};
 	__u16 sport = bpf_ntohs(sa.sin6_port);
+	__u16 family = AF_INET;
 	if (sa.sin6_family == AF_INET6) {
 		bpf_probe_read_user(&sa, sizeof(sa), (void *)args.uaddr);
 		__builtin_memcpy(saddr, &sa.sin6_addr, 16);
-		key.family = AF_INET6;
+		family = AF_INET6; // no destination: ::
 	} else {
 		struct sockaddr_in *sin = (struct sockaddr_in *)&sa;
 		__builtin_memcpy(saddr, &sin->sin_addr.s_addr, 4);
-		key.family = AF_INET;
+		key.daddr[10] = 0xff; // no destination: ::ffff:0.0.0.0
+		key.daddr[11] = 0xff;
 	}
 	key.cgroup = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	key.netns = netns;
 	key.stage = FT_STAGE_BIND;
 	key.err = EADDRINUSE;
 	count_failure(&key);
-	send_event(cfg, &key, saddr, sport, netns);
+	send_event(cfg, &key, family, saddr, sport);
 	return 0;
 }
 

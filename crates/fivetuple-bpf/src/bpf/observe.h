@@ -1,6 +1,6 @@
 // Shared between observe.bpf.c and the loader (src/observe.rs mirrors these
 // structs with #[repr(C)]; keep the two in step). No implicit padding: every
-// struct is laid out in explicit 8/4/2-byte slots.
+// struct is laid out in explicit 8/4/2/1-byte slots.
 #pragma once
 
 enum ft_obs_stage {
@@ -19,21 +19,24 @@ enum ft_obs_drop {
 	FT_DROP_COUNT = 6,
 };
 
-// What a count is kept per. For ft_counts `stage` and `err` are 0; for
-// ft_failures they say where the failure was born and its (positive) errno.
-// A bind failure has no destination yet: daddr/dport are 0 there.
+// What a count is kept per (48 bytes: the hash of every lookup covers it).
+// For ft_counts `stage` and `err` are 0; for ft_failures they say where the
+// failure was born and its (positive) errno. The destination is always in
+// IPv6 form, IPv4 as v4-mapped (::ffff:a.b.c.d), so no family field is
+// needed. A bind failure has no destination yet: daddr is :: (IPv6) or
+// ::ffff:0.0.0.0 (IPv4) and dport 0.
 struct ft_obs_key {
 	__u64 cgroup;   // bpf_get_current_cgroup_id() of the connecting task
 	char comm[16];  // its comm
-	__u8 daddr[16]; // IPv4 in the first 4 bytes
+	__u8 daddr[16]; // IPv6, IPv4 v4-mapped
+	__u32 netns;    // inode number of the socket's network namespace
 	__u16 dport;    // host order
-	__u16 family;   // AF_INET or AF_INET6
-	__u16 stage;
-	__u16 err;
+	__u8 stage;
+	__u8 err;
 };
 
 struct ft_obs_counts {
-	__u64 attempts;  // CLOSE -> SYN_SENT in connect (port selection starts)
+	__u64 attempts;  // connects that left SYN_SENT (established, failed or reset)
 	__u64 successes; // SYN_SENT -> ESTABLISHED (blocking or not)
 	__u64 time_wait; // timewait sockets created from these connections
 };
@@ -42,12 +45,18 @@ struct ft_obs_counts {
 struct ft_obs_owner {
 	struct ft_obs_key key;
 	__u32 tgid;
-	__u32 netns;
+	__u32 pad;
+};
+
+enum ft_obs_config_flags {
+	FT_CFG_EVENTS = 1,    // send failure events to the ring buffer
+	FT_CFG_SYSCALLS = 2,  // the syscall tracepoints are attached (track connect() calls)
+	FT_CFG_TW_OWNERS = 4, // keep the owner of each timewait socket by 4-tuple
 };
 
 struct ft_obs_config {
-	__u32 netns;  // only this network namespace (inode number); 0: all
-	__u32 events; // 1: send failure events to the ring buffer
+	__u32 netns; // only this network namespace (inode number); 0: all
+	__u32 flags; // enum ft_obs_config_flags
 };
 
 // One failing connect or bind, for the live stream.
@@ -75,9 +84,7 @@ struct ft_obs_pending {
 	__u8 saddr[16]; // bound source, captured when the connect failed
 	__u16 sport;
 	__u16 failed;   // the socket went back to CLOSE during the call
-	__u32 netns;
 	__u32 active;   // a call is in progress (cleared at sys_exit_connect)
-	__u32 pad;
 };
 
 // A bind() in progress on one thread (its arguments).

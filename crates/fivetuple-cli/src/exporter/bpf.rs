@@ -8,6 +8,11 @@
 //! life of the process, so every counter stays monotonic; the rest are
 //! summed into one series whose labels read `other`.
 //!
+//! With `--all-netns` the observer counts every namespace of the node and
+//! each series carries the `netns` label (the namespace's inode number, as
+//! the `netns` collector's series), so the same comm and destination in two
+//! namespaces are two series.
+//!
 //! Without BPF the collector exports `fivetuple_bpf_observer_loaded 0`, and
 //! the exporter said once, at start, what is missing.
 
@@ -20,12 +25,20 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{counters, gauge, Labels, RunLog};
 
-/// The labels of one flow: destination, comm, container, pod UID.
-type FlowLabels = [String; 4];
-const FLOW_LABELS: [&str; 4] = ["destination", "comm", "container", "pod_uid"];
+/// The labels of one flow: netns (empty, so left out, unless
+/// `--all-netns`), destination, comm, container, pod UID.
+type FlowLabels = [String; 5];
+const FLOW_LABELS: [&str; 5] = ["netns", "destination", "comm", "container", "pod_uid"];
 
-fn other4() -> FlowLabels {
-    std::array::from_fn(|_| "other".to_string())
+/// The `other` series' labels (its netns label too, with `all_netns`).
+fn other(all_netns: bool) -> FlowLabels {
+    std::array::from_fn(|i| {
+        if i == 0 && !all_netns {
+            String::new()
+        } else {
+            "other".to_string()
+        }
+    })
 }
 
 /// Keeps the label sets that own a series; folds the rest into `other`.
@@ -87,6 +100,7 @@ struct State {
 pub struct BpfCollector {
     state: Mutex<State>,
     top_k: usize,
+    all_netns: bool,
 }
 
 /// [`BpfCollector`] as registered in one registry, with that registry's log.
@@ -110,8 +124,10 @@ impl BpfCollector {
         Entry(self.clone(), log)
     }
 
-    /// A collector over `observer` (`None`: BPF is not available here) keeping `top_k` label sets per family.
-    pub fn new(observer: Option<Observer>, top_k: usize) -> Self {
+    /// A collector over `observer` (`None`: BPF is not available here)
+    /// keeping `top_k` label sets per family; `all_netns` adds the `netns`
+    /// label (the observer then counts every namespace).
+    pub fn new(observer: Option<Observer>, top_k: usize, all_netns: bool) -> Self {
         BpfCollector {
             state: Mutex::new(State {
                 observer,
@@ -121,6 +137,7 @@ impl BpfCollector {
                 failures: Fold::default(),
             }),
             top_k,
+            all_netns,
         }
     }
 }
@@ -129,11 +146,12 @@ impl std::fmt::Debug for BpfCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BpfCollector")
             .field("top_k", &self.top_k)
+            .field("all_netns", &self.all_netns)
             .finish_non_exhaustive()
     }
 }
 
-fn flow_labels(names: &mut CgroupNames, flow: &Flow) -> FlowLabels {
+fn flow_labels(names: &mut CgroupNames, flow: &Flow, all_netns: bool) -> FlowLabels {
     let ident = names
         .path(flow.cgroup)
         .and_then(|p| p.to_str())
@@ -145,6 +163,11 @@ fn flow_labels(names: &mut CgroupNames, flow: &Flow) -> FlowLabels {
         flow.destination.to_string()
     };
     [
+        if all_netns {
+            flow.netns.to_string()
+        } else {
+            String::new()
+        },
         destination,
         flow.comm.clone(),
         ident.container_id.unwrap_or_default(),
@@ -156,6 +179,7 @@ fn labels(flow: &FlowLabels) -> Labels {
     FLOW_LABELS
         .iter()
         .zip(flow.iter())
+        .filter(|(k, v)| **k != "netns" || !v.is_empty())
         .map(|(k, v)| (*k, v.clone()))
         .collect()
 }
@@ -191,13 +215,13 @@ impl BpfCollector {
         )?;
         let flows: Vec<(FlowLabels, &fivetuple_bpf::observe::Counts)> = counts
             .iter()
-            .map(|(f, c)| (flow_labels(&mut state.names, f), c))
+            .map(|(f, c)| (flow_labels(&mut state.names, f, self.all_netns), c))
             .collect();
-        let k = self.top_k;
+        let (k, all_netns) = (self.top_k, self.all_netns);
         let attempts = state.attempts.fold(
             flows.iter().map(|(l, c)| (l.clone(), c.attempts)),
             k,
-            |_| other4(),
+            |_| other(all_netns),
         );
         let series: Vec<(Labels, u64)> = attempts.iter().map(|(l, v)| (labels(l), *v)).collect();
         counters(
@@ -209,7 +233,7 @@ impl BpfCollector {
         let tw = state.time_wait.fold(
             flows.iter().map(|(l, c)| (l.clone(), c.time_wait)),
             k,
-            |_| other4(),
+            |_| other(all_netns),
         );
         let series: Vec<(Labels, u64)> = tw.iter().map(|(l, v)| (labels(l), *v)).collect();
         counters(
@@ -223,7 +247,7 @@ impl BpfCollector {
             .map(|f| {
                 (
                     (
-                        flow_labels(&mut state.names, &f.flow),
+                        flow_labels(&mut state.names, &f.flow, all_netns),
                         fivetuple_bpf::observe::errno_name(f.errno).to_string(),
                         f.stage.to_string(),
                     ),
@@ -232,7 +256,7 @@ impl BpfCollector {
             })
             .collect();
         let fails = state.failures.fold(fails, k, |(_, errno, stage)| {
-            (other4(), errno.clone(), stage.clone())
+            (other(all_netns), errno.clone(), stage.clone())
         });
         let series: Vec<(Labels, u64)> = fails
             .iter()
@@ -292,10 +316,31 @@ mod tests {
             cgroup: u64::MAX,
             comm: "curl".into(),
             destination: "0.0.0.0:0".parse().unwrap(),
+            netns: 4026531840,
         };
+        let one = flow_labels(&mut names, &flow, false);
         assert_eq!(
-            flow_labels(&mut names, &flow),
-            [String::new(), "curl".into(), String::new(), String::new()]
+            one,
+            [
+                String::new(),
+                String::new(),
+                "curl".into(),
+                String::new(),
+                String::new()
+            ]
         );
+        let names_of = |l: &Labels| l.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        assert_eq!(
+            names_of(&labels(&one)),
+            ["destination", "comm", "container", "pod_uid"]
+        );
+        let all = flow_labels(&mut names, &flow, true);
+        assert_eq!(all[0], "4026531840");
+        assert_eq!(
+            names_of(&labels(&all)),
+            ["netns", "destination", "comm", "container", "pod_uid"]
+        );
+        assert_eq!(names_of(&labels(&other(false)))[0], "destination");
+        assert_eq!(labels(&other(true))[0], ("netns", "other".to_string()));
     }
 }

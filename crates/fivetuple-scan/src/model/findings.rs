@@ -221,9 +221,12 @@ pub(super) fn notes(
         }
     }
     if totals.time_wait > 0 {
-        notes.push(
-            "TIME_WAIT sockets have no owning process: the kernel keeps them after close()".into(),
-        );
+        notes.push(TIME_WAIT_NO_OWNER.into());
     }
     notes
 }
+
+/// The note that TIME_WAIT sockets have no owner in the socket table; a
+/// caller with another source of owners (BPF) replaces it with its own.
+pub const TIME_WAIT_NO_OWNER: &str =
+    "TIME_WAIT sockets have no owning process: the kernel keeps them after close()";

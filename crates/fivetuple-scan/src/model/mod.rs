@@ -25,6 +25,7 @@ use crate::procs::Owners;
 pub use direction::{
     dest_key, listening_ports, may_be_outbound, Direction, Directions, FANOUT_MIN_IN_RANGE,
 };
+pub use findings::TIME_WAIT_NO_OWNER;
 pub use fivetuple_kernel::budget::{canonical_ip, TIME_WAIT_SECS};
 pub use types::{
     Analysis, DestKey, Destination, Finding, FindingCode, Freeing, ProcessRef, Severity, Snapshot,
