@@ -262,20 +262,48 @@ fn is_gone(e: &ScanError) -> bool {
 /// `Ok(None)` when the namespace is gone: every way in failed with "no
 /// such process/file", or led to another namespace.
 pub fn scan(ns: &Netns, reader: Reader) -> Result<Option<Snapshot>, ScanError> {
+    let ns = ns.clone();
+    std::thread::Builder::new()
+        .name("fivetuple-netns".into())
+        .spawn(move || scan_here(&ns, reader, true))
+        .map_err(ScanError::Spawn)?
+        .join()
+        .map_err(|_| ScanError::Thread("the namespace thread panicked".into()))?
+}
+
+/// [`scan`] on the calling thread, which it moves into `ns` (and leaves
+/// there, or in the last namespace it tried): for threads that do nothing
+/// but scan, such as [`scan_all`]'s workers, which so enter namespace
+/// after namespace without a thread per namespace.
+///
+/// `bound_inactive`: whether the table includes the sockets that called
+/// `bind()` but neither `listen()` nor `connect()` (see
+/// [`crate::netlink::read_without_bound_inactive`]).
+fn scan_here(
+    ns: &Netns,
+    reader: Reader,
+    bound_inactive: bool,
+) -> Result<Option<Snapshot>, ScanError> {
     let mut first_error = None;
     for target in ns.targets() {
-        let want = ns.inode;
-        let r = netns::run_in(&target, move || -> Result<Option<Snapshot>, ScanError> {
-            if current_inode()? != want {
+        let entered = netns::open(&target).and_then(|file| {
+            let Some(file) = file else { return Ok(()) };
+            netns::enter_file(&file).map_err(|source| ScanError::Setns {
+                target: target.to_string(),
+                source,
+            })
+        });
+        let r = entered.and_then(|()| {
+            // Another namespace behind this handle (pid reuse): try the next.
+            if current_inode()? != ns.inode {
                 return Ok(None);
             }
-            crate::snapshot(reader).map(Some)
+            crate::snapshot_states(reader, bound_inactive).map(Some)
         });
         match r {
-            Ok(Ok(Some(snap))) => return Ok(Some(snap)),
-            // Another namespace behind this handle (pid reuse): try the next.
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) | Err(e) => {
+            Ok(Some(snap)) => return Ok(Some(snap)),
+            Ok(None) => {}
+            Err(e) => {
                 if !is_gone(&e) && first_error.is_none() {
                     first_error = Some(e);
                 }
@@ -303,6 +331,18 @@ pub struct NodeScan<T> {
 /// Scans every namespace in `namespaces` with `workers` namespaces at a
 /// time (at least 1), applying `f` to each snapshot on the worker that
 /// read it, so grouping runs in parallel too and only `f`'s result is kept.
+///
+/// Each worker is a thread of its own that enters namespace after
+/// namespace with `setns()` (no thread per namespace; the caller's threads
+/// never move), so `f` runs inside the namespace just scanned: it must
+/// not read anything namespace-dependent of its own.
+///
+/// The tables leave out bound-inactive sockets (`bind()` without
+/// `listen()` or `connect()`, Linux 6.8+), which [`scan`] of one namespace
+/// includes: asking for them makes the kernel walk the bind hash that all
+/// namespaces share, once per namespace, and on 200 namespaces × 500
+/// sockets that walk was most of the scan's time
+/// ([`crate::netlink::read_without_bound_inactive`]).
 pub fn scan_all<T, F>(namespaces: Vec<Netns>, reader: Reader, workers: usize, f: F) -> NodeScan<T>
 where
     T: Send,
@@ -322,7 +362,7 @@ where
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(ns) = namespaces.get(i) else { break };
-                let outcome = match scan(ns, reader) {
+                let outcome = match scan_here(ns, reader, false) {
                     Ok(Some(snap)) => Outcome::Scanned(f(ns, snap)),
                     Ok(None) => Outcome::Vanished,
                     Err(e) => Outcome::Failed(e),

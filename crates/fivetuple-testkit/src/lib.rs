@@ -12,8 +12,10 @@
 
 pub mod nat;
 
+pub mod host_sysctl;
 pub mod hostile;
 pub mod pods;
+pub use host_sysctl::HostSysctl;
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
