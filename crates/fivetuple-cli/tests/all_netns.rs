@@ -416,3 +416,76 @@ fn netns_root_prometheus_scrapes_all_netns_and_the_documented_pod_join_names_eac
         );
     }
 }
+
+#[test]
+fn netns_root_tcp_ehash_entries_own_for_a_namespace_created_after_tcp_child_ehash_entries_shared_before(
+) {
+    let test = "netns_root_tcp_ehash_entries_own_for_a_namespace_created_after_tcp_child_ehash_entries_shared_before";
+    if !have_node_tools(test)
+        || !std::path::Path::new("/proc/sys/net/ipv4/tcp_child_ehash_entries").exists()
+            && !fail_under_ci(test, "Linux 6.1+ (net.ipv4.tcp_child_ehash_entries)")
+    {
+        return;
+    }
+    let spec = PodSpec {
+        range_len: 200,
+        time_wait: 3,
+        established: 1,
+    };
+    let mut node = Node::new("ehash");
+    // Created with the host's value (0 unless another test holds the lock: it waits).
+    let shared = {
+        let _host = fivetuple_testkit::HostSysctl::set("ipv4.tcp_child_ehash_entries", "0");
+        node.add_pod(spec).inode
+    };
+    // Created while the host's tcp_child_ehash_entries is 4096; put back at once.
+    let own = {
+        let _host = fivetuple_testkit::HostSysctl::set("ipv4.tcp_child_ehash_entries", "4096");
+        node.add_pod(spec).inode
+    };
+    node.settle();
+
+    let out = doctor(&["--all-netns", "--json", "--interval", "0"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ehash_of = |inode: u64| {
+        doc["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["netns"]["inode"].as_u64() == Some(inode))
+            .unwrap_or_else(|| panic!("netns {inode} not in the doctor's report"))["settings"]
+            ["tcp_ehash_entries"]
+            .as_i64()
+    };
+    let host_buckets: i64 = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_ehash_entries")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(ehash_of(own), Some(4096), "its own hash");
+    assert_eq!(
+        ehash_of(shared),
+        Some(-host_buckets),
+        "the host's hash, shared"
+    );
+
+    let (_exporter, addr) = start_exporter(&["--all-netns"], |_| {});
+    let text = get(addr, "/metrics").body;
+    for (pod, want) in node.pods.iter().zip([-host_buckets, 4096]) {
+        let series = format!(
+            "fivetuple_netns_tcp_ehash_entries{{netns=\"{}\",container_id=\"{}\",pod_uid=\"{}\"}}",
+            pod.inode, pod.container_id, pod.uid
+        );
+        assert_eq!(sample(&text, &series), Some(want as f64), "{series}");
+    }
+}
+
+/// Outside CI a missing kernel feature skips (with a message); under CI it fails.
+fn fail_under_ci(test: &str, what: &str) -> bool {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs {what} and CI is set"
+    );
+    eprintln!("skipping {test}: needs {what}");
+    false
+}

@@ -15,7 +15,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 /// `n` client-first closes from `src` to `listener`: the client side ends in TIME_WAIT.
 fn make_time_wait(src: [u8; 4], listener: &TcpListener, n: usize) {
     let addr = listener.local_addr().unwrap();

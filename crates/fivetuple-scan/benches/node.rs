@@ -288,6 +288,13 @@ fn measure(n: usize, host: u64, child_ehash: Option<&str>) -> (Vec<Row>, f64, St
     };
 
     let mut rows = Vec::new();
+    // Where the rest of a full scan goes: discovery (no socket count to check).
+    let t = Instant::now();
+    let discovered = node::discover().expect("discover").namespaces.len();
+    let discovery = Row {
+        what: format!("discovery alone (`node::discover`, {discovered} namespaces)"),
+        took: t.elapsed(),
+    };
     let mut time = |what: String, f: &mut dyn FnMut() -> usize| {
         let t = Instant::now();
         let seen = f();
@@ -332,6 +339,15 @@ fn measure(n: usize, host: u64, child_ehash: Option<&str>) -> (Vec<Row>, f64, St
             &mut || full_scan_thread_per_ns(w),
         );
     }
+    if thorough {
+        let d = node::discover().expect("discover");
+        time("`scan_all` without grouping, 1 worker".into(), &mut || {
+            let r = node::scan_all(d.namespaces.clone(), Reader::Netlink, 1, |_, s| {
+                s.sockets.len()
+            });
+            r.scanned.iter().map(|(_, n)| n).sum()
+        });
+    }
     time("dumps only (`netlink::read`, 1 thread)".into(), &mut || {
         dumps_only(&pids, true)
     });
@@ -340,6 +356,9 @@ fn measure(n: usize, host: u64, child_ehash: Option<&str>) -> (Vec<Row>, f64, St
             "dumps only, without bound-inactive (`read_without_bound_inactive`)".into(),
             &mut || dumps_only(&pids, false),
         );
+    }
+    if thorough {
+        rows.push(discovery);
     }
     assert!(
         Instant::now() < deadline,

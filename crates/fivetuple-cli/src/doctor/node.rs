@@ -6,13 +6,13 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use fivetuple_scan::identity::Identity;
-use fivetuple_scan::model::Severity;
+use fivetuple_scan::model::{Finding, Severity};
 use fivetuple_scan::node::{self, NamespaceReport, Netns, NodeOptions};
 use serde::Serialize;
 
 use super::{
-    exit_code, rate_note, severity_name, write_namespace, Config, JsonBody, JsonThresholds,
-    SCHEMA_VERSION,
+    exit_code, rate_note, severity_name, write_findings, write_namespace, Config, JsonBody,
+    JsonThresholds, SCHEMA_VERSION,
 };
 
 /// Exit code when a namespace could not be scanned and none is critical.
@@ -43,10 +43,28 @@ pub(super) fn run(cfg: &Config, out: &mut dyn Write) -> Result<u8> {
         .max()
         .unwrap_or(Severity::Ok);
     let code = node_exit_code(worst, !scan.failed.is_empty());
+    // Node-wide findings (severity info: they leave the exit code alone).
+    let node_findings: Vec<Finding> =
+        node::shared_ehash_finding(scan.scanned.iter().map(|(_, r)| {
+            (
+                r.netns.host,
+                r.settings.tcp_ehash_entries,
+                u64::from(r.analysis.totals.sockets),
+            )
+        }))
+        .into_iter()
+        .collect();
+    let node = NodeReport {
+        scan: &scan,
+        findings: &node_findings,
+        worst,
+        code,
+        denied: discovery.denied,
+    };
     if cfg.json {
-        write_json(out, cfg, &scan, worst, code, discovery.denied)?;
+        write_json(out, cfg, &node)?;
     } else {
-        write_report(out, cfg, &scan, worst, code, discovery.denied)?;
+        write_report(out, cfg, &node)?;
     }
     Ok(code)
 }
@@ -116,14 +134,25 @@ fn processes_label(ns: &Netns) -> String {
     }
 }
 
-fn write_report(
-    out: &mut dyn Write,
-    cfg: &Config,
-    scan: &node::NodeScan<NamespaceReport>,
+/// What the report of the whole node is made of.
+struct NodeReport<'a> {
+    scan: &'a node::NodeScan<NamespaceReport>,
+    /// Node-wide findings, such as `shared_tcp_ehash`.
+    findings: &'a [Finding],
     worst: Severity,
     code: u8,
+    /// Processes whose namespace link could not be read.
     denied: usize,
-) -> Result<()> {
+}
+
+fn write_report(out: &mut dyn Write, cfg: &Config, node: &NodeReport) -> Result<()> {
+    let NodeReport {
+        scan,
+        findings,
+        worst,
+        code,
+        denied,
+    } = *node;
     writeln!(
         out,
         "fivetuple doctor --all-netns: {} network namespaces scanned, {} vanished during the scan, {} failed; {}",
@@ -192,6 +221,10 @@ fn write_report(
             )?;
         }
     }
+    if !findings.is_empty() {
+        writeln!(out, "\nNode")?;
+        write_findings(out, findings)?;
+    }
     let named: Vec<String> = scan
         .scanned
         .iter()
@@ -223,6 +256,7 @@ struct JsonNode<'a> {
     vanished: Vec<JsonNetns<'a>>,
     failed: Vec<JsonFailed<'a>>,
     processes_denied: usize,
+    node_findings: &'a [Finding],
 }
 
 #[derive(Serialize)]
@@ -274,14 +308,14 @@ struct JsonFailed<'a> {
     error: String,
 }
 
-fn write_json(
-    out: &mut dyn Write,
-    cfg: &Config,
-    scan: &node::NodeScan<NamespaceReport>,
-    worst: Severity,
-    code: u8,
-    denied: usize,
-) -> Result<()> {
+fn write_json(out: &mut dyn Write, cfg: &Config, node: &NodeReport) -> Result<()> {
+    let NodeReport {
+        scan,
+        findings,
+        worst,
+        code,
+        denied,
+    } = *node;
     let doc = JsonNode {
         schema_version: SCHEMA_VERSION,
         status: worst,
@@ -307,6 +341,7 @@ fn write_json(
             })
             .collect(),
         processes_denied: denied,
+        node_findings: findings,
     };
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;
