@@ -309,17 +309,11 @@ struct JsonFailed<'a> {
 }
 
 fn write_json(out: &mut dyn Write, cfg: &Config, node: &NodeReport) -> Result<()> {
-    let NodeReport {
-        scan,
-        findings,
-        worst,
-        code,
-        denied,
-    } = *node;
+    let scan = node.scan;
     let doc = JsonNode {
         schema_version: SCHEMA_VERSION,
-        status: worst,
-        exit_code: code,
+        status: node.worst,
+        exit_code: node.code,
         interval_s: cfg.interval.as_secs_f64(),
         thresholds: JsonThresholds::new(&cfg.thresholds),
         namespaces: scan
@@ -340,8 +334,8 @@ fn write_json(out: &mut dyn Write, cfg: &Config, node: &NodeReport) -> Result<()
                 error: crate::error_chain(e),
             })
             .collect(),
-        processes_denied: denied,
-        node_findings: findings,
+        processes_denied: node.denied,
+        node_findings: node.findings,
     };
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;
