@@ -489,3 +489,77 @@ fn fail_under_ci(test: &str, what: &str) -> bool {
     eprintln!("skipping {test}: needs {what}");
     false
 }
+
+#[test]
+fn netns_root_doctor_all_netns_advises_tcp_child_ehash_entries_when_many_pods_share_the_hash() {
+    let test =
+        "netns_root_doctor_all_netns_advises_tcp_child_ehash_entries_when_many_pods_share_the_hash";
+    if !have_node_tools(test) {
+        return;
+    }
+    // 11 pods of 951 sockets: past the finding's bounds (10 namespaces
+    // sharing the host's hash, 10,000 sockets on the node). Created with
+    // the host's tcp_child_ehash_entries at 0, so they share it, whatever
+    // another test sets meanwhile (HostSysctl serializes them).
+    let mut node = Node::new("sharing");
+    {
+        let _host = fivetuple_testkit::HostSysctl::set("ipv4.tcp_child_ehash_entries", "0");
+        for _ in 0..11 {
+            node.add_pod(PodSpec {
+                range_len: 1000,
+                time_wait: 950,
+                established: 0,
+            });
+        }
+    }
+    node.settle();
+
+    let out = doctor(&["--all-netns", "--json", "--interval", "0", "--no-processes"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<&Value> = doc["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| {
+            node.pods
+                .iter()
+                .any(|p| n["netns"]["inode"].as_u64() == Some(p.inode))
+        })
+        .collect();
+    assert_eq!(ours.len(), 11);
+    assert!(
+        ours.iter()
+            .all(|n| n["settings"]["tcp_ehash_entries"].as_i64().unwrap() < 0),
+        "every pod shares the host's hash"
+    );
+    let findings = doc["node_findings"].as_array().unwrap();
+    let f = findings
+        .iter()
+        .find(|f| f["code"] == "shared_tcp_ehash")
+        .unwrap_or_else(|| panic!("no shared_tcp_ehash in {findings:#?}"));
+    assert_eq!(f["severity"], "info");
+    let sharing: usize = f["message"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sharing >= 11, "{f}");
+    assert!(
+        f["advice"][0]
+            .as_str()
+            .unwrap()
+            .contains("net.ipv4.tcp_child_ehash_entries"),
+        "{f}"
+    );
+
+    let out = doctor(&["--all-netns", "--interval", "0", "--no-processes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let node_section = &text[text.find("\nNode\n").expect("a Node section")..];
+    assert!(
+        node_section.contains("INFO") && node_section.contains("tcp_child_ehash_entries"),
+        "{node_section}"
+    );
+}
