@@ -7,12 +7,15 @@
 //! TCP established hash has to set it in the host's namespace, which every
 //! other program on the machine shares. [`HostSysctl`] writes it, and puts
 //! the previous value back when dropped, when the process panics (a panic
-//! hook, for panics that abort instead of unwinding) and on SIGINT/SIGTERM.
+//! hook, which also covers a panic that aborts instead of unwinding) and on
+//! SIGINT/SIGTERM (a handler that only opens, writes and closes the file).
 //! Concurrent users in other processes are serialized by an `flock` on a
 //! lock file, so the value saved is never another test's temporary one.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 
 use fivetuple_kernel::sysctl;
@@ -33,11 +36,25 @@ fn restore_active() {
     }
 }
 
+/// The file and the previous value of the live guard, prepared when it is
+/// set, so the signal handler only calls open/write/close (async-signal-safe).
+static SIGNAL_RESTORE: AtomicPtr<(CString, Vec<u8>)> = AtomicPtr::new(std::ptr::null_mut());
+
 extern "C" fn on_signal(sig: libc::c_int) {
-    restore_active();
-    // SAFETY: restoring the default action and re-raising ends the process
-    // as the signal would have.
+    let p = SIGNAL_RESTORE.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    // SAFETY: `p` is null or a pointer from Box::into_raw that only this
+    // swap took (drop swaps it out the same way); it is leaked, not freed,
+    // since the process ends here. open/write/close, signal and raise are
+    // async-signal-safe; restoring the default action and re-raising ends
+    // the process as the signal would have.
     unsafe {
+        if let Some((path, value)) = p.as_ref() {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+            if fd >= 0 {
+                libc::write(fd, value.as_ptr().cast(), value.len());
+                libc::close(fd);
+            }
+        }
         libc::signal(sig, libc::SIG_DFL);
         libc::raise(sig);
     }
@@ -77,6 +94,13 @@ impl HostSysctl {
             assert!(slot.is_none(), "one HostSysctl at a time in a process");
             *slot = Some((key.to_string(), previous.clone()));
         }
+        let path = CString::new(sysctl::path(key).into_os_string().into_encoded_bytes())
+            .expect("a sysctl path has no NUL");
+        let old = SIGNAL_RESTORE.swap(
+            Box::into_raw(Box::new((path, previous.clone().into_bytes()))),
+            Ordering::SeqCst,
+        );
+        debug_assert!(old.is_null());
         install_hooks();
         let guard = HostSysctl {
             key: key.to_string(),
@@ -119,6 +143,11 @@ fn install_hooks() {
 
 impl Drop for HostSysctl {
     fn drop(&mut self) {
+        let p = SIGNAL_RESTORE.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !p.is_null() {
+            // SAFETY: from Box::into_raw in `set`; the swap made it ours alone.
+            drop(unsafe { Box::from_raw(p) });
+        }
         let mut slot = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
         // Already restored by the panic hook when it ran first.
         if slot.take().is_some() {
