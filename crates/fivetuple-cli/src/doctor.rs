@@ -556,16 +556,22 @@ fn write_namespace(
             cfg.thresholds.warn_pct, cfg.thresholds.warn_seconds
         )?;
     }
-    for f in &a.findings {
-        writeln!(out, "  {:<8} {}", severity_name(f.severity), f.message)?;
-        for adv in &f.advice {
-            writeln!(out, "           -> {adv}")?;
-        }
-    }
+    write_findings(out, &a.findings)?;
     if !a.notes.is_empty() {
         writeln!(out, "\nNotes")?;
         for n in &a.notes {
             writeln!(out, "  {n}")?;
+        }
+    }
+    Ok(())
+}
+
+/// One line per finding with its advice below it.
+fn write_findings(out: &mut dyn Write, findings: &[model::Finding]) -> Result<()> {
+    for f in findings {
+        writeln!(out, "  {:<8} {}", severity_name(f.severity), f.message)?;
+        for adv in &f.advice {
+            writeln!(out, "           -> {adv}")?;
         }
     }
     Ok(())

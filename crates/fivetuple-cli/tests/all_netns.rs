@@ -247,3 +247,311 @@ fn all_netns_unprivileged_exits_3_naming_the_capability_and_the_host_alone_still
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The PromQL pod-name join of docs/exporter.md, as the docs print it (the
+/// first `promql` block under "Pod names").
+fn documented_join() -> String {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/exporter.md"
+    ))
+    .unwrap();
+    let section = &doc[doc.find("### Pod names").expect("a Pod names section")..];
+    let block = &section[section.find("```promql\n").expect("a promql block") + 10..];
+    block[..block.find("```").unwrap()].trim().to_string()
+}
+
+/// A loopback HTTP server answering every request with `body` in the
+/// Prometheus text format (kube-state-metrics' stand-in); it stops when
+/// dropped. Every accept is bounded by the stop flag, checked every 50 ms.
+struct StaticMetrics {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StaticMetrics {
+    fn serve(body: String) -> StaticMetrics {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        StaticMetrics {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StaticMetrics {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A loopback port free now (for a server that takes only an explicit address).
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn netns_root_prometheus_scrapes_all_netns_and_the_documented_pod_join_names_each_pod() {
+    let test = "netns_root_prometheus_scrapes_all_netns_and_the_documented_pod_join_names_each_pod";
+    if !have_node_tools(test) || !fivetuple_testkit::have_tool(test, "prometheus", "prometheus") {
+        return;
+    }
+    let node = build_node("prom-join");
+    // kube-state-metrics' series for our pods only: the join keeps these.
+    let names: Vec<(String, String)> = node
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.uid.clone(), format!("web-{i}-{}", std::process::id())))
+        .collect();
+    let body: String = names
+        .iter()
+        .map(|(uid, pod)| {
+            format!("kube_pod_info{{namespace=\"shop\",pod=\"{pod}\",uid=\"{uid}\",node=\"test-node\"}} 1\n")
+        })
+        .collect();
+    let ksm = StaticMetrics::serve(format!("# TYPE kube_pod_info gauge\n{body}"));
+    // The host's namespace: the exporter must see every namespace of the node.
+    let (_exporter, exp) = start_exporter(&["--all-netns", "--top-k", "10000"], |_| {});
+    let dir = TempDir::new("all-netns-prometheus");
+    let prom = Prometheus::start_at(
+        &dir.0,
+        free_port(),
+        &format!(
+            "  - job_name: fivetuple\n    scrape_interval: 3s\n    scrape_timeout: 3s\n    static_configs:\n      - targets: ['{exp}']\n  - job_name: kube-state-metrics\n    honor_labels: true\n    static_configs:\n      - targets: ['{}']\n",
+            ksm.addr
+        ),
+    );
+    let join = documented_join();
+    assert!(join.contains("kube_pod_info"), "{join}");
+    let (mut r, log) = prom.wait_for(&[&join]);
+    // Poll until every pod's two destinations are in (scrapes land one by one).
+    let want_series = 2 * node.pods.len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while r[0].len() < want_series && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        r = vec![query(prom.addr, &join)];
+    }
+    let joined = &r[0];
+    assert!(
+        !joined.is_empty(),
+        "the documented join returned nothing; prometheus log:\n{log}"
+    );
+    let mut per_pod: std::collections::BTreeMap<String, Vec<&Value>> = Default::default();
+    for s in joined {
+        let m = &s["metric"];
+        per_pod
+            .entry(m["pod_uid"].as_str().unwrap().to_string())
+            .or_default()
+            .push(s);
+    }
+    assert_eq!(
+        per_pod.len(),
+        node.pods.len(),
+        "one pod per UID in the join: {joined:#?}"
+    );
+    for (pod, (uid, name)) in node.pods.iter().zip(&names) {
+        let series = per_pod
+            .get(uid)
+            .unwrap_or_else(|| panic!("no joined series for pod {uid}: {joined:#?}"));
+        // Two destinations per pod: the service (TIME_WAIT) and the database.
+        assert_eq!(series.len(), 2, "{uid}: {series:#?}");
+        for s in series {
+            let m = &s["metric"];
+            assert_eq!(m["pod"], name.as_str(), "{uid}");
+            assert_eq!(m["namespace"], "shop", "{uid}");
+            assert_eq!(m["netns"], pod.inode.to_string(), "{uid}");
+        }
+        let worst = series.iter().map(|s| value_of(s)).fold(0.0, f64::max);
+        assert!(
+            (worst - pod.worst_utilization()).abs() < 1e-9,
+            "{uid}: joined utilization {worst}, built {}",
+            pod.worst_utilization()
+        );
+    }
+}
+
+#[test]
+fn netns_root_tcp_ehash_entries_own_for_a_namespace_created_after_tcp_child_ehash_entries_shared_before(
+) {
+    let test = "netns_root_tcp_ehash_entries_own_for_a_namespace_created_after_tcp_child_ehash_entries_shared_before";
+    if !have_node_tools(test)
+        || !std::path::Path::new("/proc/sys/net/ipv4/tcp_child_ehash_entries").exists()
+            && !fail_under_ci(test, "Linux 6.1+ (net.ipv4.tcp_child_ehash_entries)")
+    {
+        return;
+    }
+    let spec = PodSpec {
+        range_len: 200,
+        time_wait: 3,
+        established: 1,
+    };
+    let mut node = Node::new("ehash");
+    // Created with the host's value (0 unless another test holds the lock: it waits).
+    let shared = {
+        let _host = fivetuple_testkit::HostSysctl::set("ipv4.tcp_child_ehash_entries", "0");
+        node.add_pod(spec).inode
+    };
+    // Created while the host's tcp_child_ehash_entries is 4096; put back at once.
+    let own = {
+        let _host = fivetuple_testkit::HostSysctl::set("ipv4.tcp_child_ehash_entries", "4096");
+        node.add_pod(spec).inode
+    };
+    node.settle();
+
+    let out = doctor(&["--all-netns", "--json", "--interval", "0"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ehash_of = |inode: u64| {
+        doc["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["netns"]["inode"].as_u64() == Some(inode))
+            .unwrap_or_else(|| panic!("netns {inode} not in the doctor's report"))["settings"]
+            ["tcp_ehash_entries"]
+            .as_i64()
+    };
+    let host_buckets: i64 = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_ehash_entries")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(ehash_of(own), Some(4096), "its own hash");
+    assert_eq!(
+        ehash_of(shared),
+        Some(-host_buckets),
+        "the host's hash, shared"
+    );
+
+    let (_exporter, addr) = start_exporter(&["--all-netns"], |_| {});
+    let text = get(addr, "/metrics").body;
+    for (pod, want) in node.pods.iter().zip([-host_buckets, 4096]) {
+        let series = format!(
+            "fivetuple_netns_tcp_ehash_entries{{netns=\"{}\",container_id=\"{}\",pod_uid=\"{}\"}}",
+            pod.inode, pod.container_id, pod.uid
+        );
+        assert_eq!(sample(&text, &series), Some(want as f64), "{series}");
+    }
+}
+
+/// Outside CI a missing kernel feature skips (with a message); under CI it fails.
+fn fail_under_ci(test: &str, what: &str) -> bool {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs {what} and CI is set"
+    );
+    eprintln!("skipping {test}: needs {what}");
+    false
+}
+
+#[test]
+fn netns_root_doctor_all_netns_advises_tcp_child_ehash_entries_when_many_pods_share_the_hash() {
+    let test =
+        "netns_root_doctor_all_netns_advises_tcp_child_ehash_entries_when_many_pods_share_the_hash";
+    if !have_node_tools(test) {
+        return;
+    }
+    // 11 pods of 951 sockets: past the finding's bounds (10 namespaces
+    // sharing the host's hash, 10,000 sockets on the node). Created with
+    // the host's tcp_child_ehash_entries at 0, so they share it, whatever
+    // another test sets meanwhile (HostSysctl serializes them).
+    let mut node = Node::new("sharing");
+    {
+        let _host = fivetuple_testkit::HostSysctl::set("ipv4.tcp_child_ehash_entries", "0");
+        for _ in 0..11 {
+            node.add_pod(PodSpec {
+                range_len: 1000,
+                time_wait: 950,
+                established: 0,
+            });
+        }
+    }
+    node.settle();
+
+    let out = doctor(&["--all-netns", "--json", "--interval", "0", "--no-processes"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<&Value> = doc["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| {
+            node.pods
+                .iter()
+                .any(|p| n["netns"]["inode"].as_u64() == Some(p.inode))
+        })
+        .collect();
+    assert_eq!(ours.len(), 11);
+    assert!(
+        ours.iter()
+            .all(|n| n["settings"]["tcp_ehash_entries"].as_i64().unwrap() < 0),
+        "every pod shares the host's hash"
+    );
+    let findings = doc["node_findings"].as_array().unwrap();
+    let f = findings
+        .iter()
+        .find(|f| f["code"] == "shared_tcp_ehash")
+        .unwrap_or_else(|| panic!("no shared_tcp_ehash in {findings:#?}"));
+    assert_eq!(f["severity"], "info");
+    let sharing: usize = f["message"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sharing >= 11, "{f}");
+    assert!(
+        f["advice"][0]
+            .as_str()
+            .unwrap()
+            .contains("net.ipv4.tcp_child_ehash_entries"),
+        "{f}"
+    );
+
+    let out = doctor(&["--all-netns", "--interval", "0", "--no-processes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let node_section = &text[text.find("\nNode\n").expect("a Node section")..];
+    assert!(
+        node_section.contains("INFO") && node_section.contains("tcp_child_ehash_entries"),
+        "{node_section}"
+    );
+}

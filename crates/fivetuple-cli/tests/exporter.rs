@@ -9,13 +9,11 @@ mod support;
 use support::*;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 /// `n` client-first closes from `src` to `listener`: the client side ends in TIME_WAIT.
 fn make_time_wait(src: [u8; 4], listener: &TcpListener, n: usize) {
@@ -26,89 +24,6 @@ fn make_time_wait(src: [u8; 4], listener: &TcpListener, n: usize) {
         drop(c);
         let mut b = [0u8; 1];
         assert_eq!(s.read(&mut b).unwrap(), 0);
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Instant query against Prometheus' HTTP API: the result vector.
-fn query(prom: SocketAddr, q: &str) -> Vec<Value> {
-    let r = get(prom, &format!("/api/v1/query?query={}", urlencode(q)));
-    // Chunked transfer encoding is possible: take the JSON object between the outer braces.
-    let (Some(a), Some(b)) = (r.body.find('{'), r.body.rfind('}')) else {
-        return Vec::new();
-    };
-    let v: Value = serde_json::from_str(&r.body[a..=b]).unwrap_or(Value::Null);
-    v["data"]["result"].as_array().cloned().unwrap_or_default()
-}
-
-fn value_of(series: &Value) -> f64 {
-    series["value"][1].as_str().unwrap().parse().unwrap()
-}
-
-/// A Prometheus server on 127.0.0.1:9090 (callers are in a fresh netns)
-/// scraping every second with `scrape_configs` (YAML, indented as a list
-/// under that key), its data and log in `dir`.
-struct Prometheus {
-    _child: Reaper,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Prometheus {
-    fn start(dir: &Path, scrape_configs: &str) -> Prometheus {
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"),
-        )
-        .unwrap();
-        let addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
-        let log = dir.join("prometheus.log");
-        let child = Reaper(
-            Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={addr}"))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("run prometheus"),
-        );
-        Prometheus {
-            _child: child,
-            addr,
-            log,
-        }
-    }
-
-    /// Polls every query (bounded: 40 s) until each has a result; returns
-    /// the last results, and the server's log for failure messages.
-    fn wait_for(&self, queries: &[&str]) -> (Vec<Vec<Value>>, String) {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        let mut results = vec![Vec::new(); queries.len()];
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            if TcpStream::connect(self.addr).is_err() {
-                continue;
-            }
-            results = queries.iter().map(|q| query(self.addr, q)).collect();
-            if results.iter().all(|r| !r.is_empty()) {
-                break;
-            }
-        }
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        (results, log)
     }
 }
 

@@ -27,6 +27,15 @@ pub struct NetnsSettings {
     pub tcp_max_tw_buckets: u64,
     /// `net.ipv4.tcp_fin_timeout`: the FIN_WAIT2 timeout, **not** the TIME_WAIT length.
     pub tcp_fin_timeout: u32,
+    /// `net.ipv4.tcp_ehash_entries` (read-only, Linux 6.1+): buckets of the
+    /// TCP established hash this namespace uses. Negative when the
+    /// namespace shares the initial namespace's hash (its absolute value is
+    /// then that hash's size); positive when it has its own, which it gets
+    /// only if `net.ipv4.tcp_child_ehash_entries` was non-zero in the
+    /// namespace of the task that created it, at creation time. `None`
+    /// before Linux 6.1. See [`NetnsSettings::owns_ehash`].
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub tcp_ehash_entries: Option<i64>,
 }
 
 impl Default for NetnsSettings {
@@ -43,6 +52,7 @@ impl Default for NetnsSettings {
             tcp_timestamps: 1,
             tcp_max_tw_buckets: 262_144,
             tcp_fin_timeout: 60,
+            tcp_ehash_entries: None,
         }
     }
 }
@@ -83,6 +93,19 @@ impl NetnsSettings {
             self.tcp_timestamps,
             budget::is_loopback(local) && budget::is_loopback(remote),
         )
+    }
+
+    /// Whether the namespace has a TCP established hash of its own
+    /// (`tcp_ehash_entries` > 0), rather than sharing the initial
+    /// namespace's; `None` when the kernel does not say (before 6.1).
+    ///
+    /// With a shared hash, every socket lookup and every `inet_diag` dump
+    /// of the namespace walks buckets holding the whole node's sockets
+    /// (`inet_diag_dump_icsk()` skips the other namespaces' ones one by one),
+    /// so dumping each namespace of a node costs namespaces × node sockets.
+    /// The listening and bind hashes stay shared either way.
+    pub fn owns_ehash(&self) -> Option<bool> {
+        self.tcp_ehash_entries.map(|n| n > 0)
     }
 
     /// Ports left for `connect()` once the reserved ports and `held` ports
@@ -131,8 +154,9 @@ fn read_num<T: std::str::FromStr>(root: &Path, name: &str) -> Result<T, Settings
 /// Reads the settings from the sysctl files under `root` (normally
 /// `/proc/sys/net/ipv4`; a fixture directory in tests). `/proc/sys` is
 /// resolved against the namespace of the thread that opens each file.
-/// A missing `tcp_tw_reuse_delay` (before Linux 6.14) reads as `None`;
-/// any other missing file is an error.
+/// A missing `tcp_tw_reuse_delay` (before Linux 6.14) or
+/// `tcp_ehash_entries` (before 6.1) reads as `None`; any other missing
+/// file is an error.
 pub fn read_settings_from(root: &Path) -> Result<NetnsSettings, SettingsError> {
     let parse_err = |name: &str, e: &dyn std::fmt::Display| SettingsError::Parse {
         path: root.join(name),
@@ -140,11 +164,8 @@ pub fn read_settings_from(root: &Path) -> Result<NetnsSettings, SettingsError> {
     };
     let range = read_text(root, "ip_local_port_range")?;
     let reserved = read_text(root, "ip_local_reserved_ports")?;
-    let delay = match read_num::<u32>(root, "tcp_tw_reuse_delay") {
-        Ok(v) => Some(v),
-        Err(SettingsError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
+    let delay = read_optional::<u32>(root, "tcp_tw_reuse_delay")?;
+    let ehash = read_optional::<i64>(root, "tcp_ehash_entries")?;
     Ok(NetnsSettings {
         ip_local_port_range: parse_port_range(&range)
             .map_err(|e| parse_err("ip_local_port_range", &e))?,
@@ -155,7 +176,22 @@ pub fn read_settings_from(root: &Path) -> Result<NetnsSettings, SettingsError> {
         tcp_timestamps: read_num(root, "tcp_timestamps")?,
         tcp_max_tw_buckets: read_num(root, "tcp_max_tw_buckets")?,
         tcp_fin_timeout: read_num(root, "tcp_fin_timeout")?,
+        tcp_ehash_entries: ehash,
     })
+}
+
+/// [`read_num`] of a sysctl that older kernels lack: `None` when its file does not exist.
+fn read_optional<T: std::str::FromStr>(
+    root: &Path,
+    name: &str,
+) -> Result<Option<T>, SettingsError> {
+    match read_num::<T>(root, name) {
+        Ok(v) => Ok(Some(v)),
+        Err(SettingsError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -208,9 +244,23 @@ mod tests {
         assert_eq!(s.ip_local_port_range.bounds(), (40000, 40099));
         assert_eq!(s.ip_local_reserved_ports.to_string(), "8080,40090-40099");
         assert_eq!(s.tcp_tw_reuse_delay_ms, None, "no tcp_tw_reuse_delay file");
+        assert_eq!(s.tcp_ehash_entries, None, "no tcp_ehash_entries file");
+        assert_eq!(s.owns_ehash(), None);
 
         let mut files = BASE.to_vec();
         files.push(("tcp_tw_reuse_delay", "250\n"));
+        files.push(("tcp_ehash_entries", "-262144\n"));
+        let shared = fixture(&files);
+        let s = read_settings_from(&shared).unwrap();
+        assert_eq!(s.tcp_ehash_entries, Some(-262144));
+        assert_eq!(s.owns_ehash(), Some(false), "negative: the host's hash");
+        std::fs::remove_dir_all(shared).unwrap();
+        files[7] = ("tcp_ehash_entries", "1024\n");
+        files.push(("spare", ""));
+        let own = fixture(&files);
+        assert_eq!(read_settings_from(&own).unwrap().owns_ehash(), Some(true));
+        std::fs::remove_dir_all(own).unwrap();
+        files.pop();
         files[1] = ("ip_local_reserved_ports", "80,,90\n");
         let dir2 = fixture(&files);
         let e = read_settings_from(&dir2).unwrap_err();

@@ -67,6 +67,13 @@ pub enum Reader {
 
 /// Reads the TCP table of the calling thread's namespace.
 pub fn read_table(reader: Reader) -> Result<Table, ScanError> {
+    read_table_states(reader, true)
+}
+
+/// [`read_table`]; over netlink, bound-inactive sockets only when
+/// `bound_inactive` (see [`netlink::read_without_bound_inactive`]).
+fn read_table_states(reader: Reader, bound_inactive: bool) -> Result<Table, ScanError> {
+    let read_netlink = || read_netlink(bound_inactive);
     match reader {
         Reader::Proc => Ok(Table {
             sockets: procfs::read()?,
@@ -98,12 +105,16 @@ pub fn read_table(reader: Reader) -> Result<Table, ScanError> {
 }
 
 #[cfg(target_os = "linux")]
-fn read_netlink() -> Result<Vec<Socket>, ScanError> {
-    netlink::read()
+fn read_netlink(bound_inactive: bool) -> Result<Vec<Socket>, ScanError> {
+    if bound_inactive {
+        netlink::read()
+    } else {
+        netlink::read_without_bound_inactive()
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read_netlink() -> Result<Vec<Socket>, ScanError> {
+fn read_netlink(_bound_inactive: bool) -> Result<Vec<Socket>, ScanError> {
     Err(ScanError::Netlink {
         step: "socket",
         source: std::io::Error::new(std::io::ErrorKind::Unsupported, "netlink is Linux only"),
@@ -123,8 +134,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Reads table, settings and counters of the calling thread's namespace.
 pub fn snapshot(reader: Reader) -> Result<Snapshot, ScanError> {
+    snapshot_states(reader, true)
+}
+
+/// [`snapshot`]; over netlink, bound-inactive sockets only when `bound_inactive`.
+pub(crate) fn snapshot_states(reader: Reader, bound_inactive: bool) -> Result<Snapshot, ScanError> {
     let settings = settings::read_settings()?;
-    let table = read_table(reader)?;
+    let table = read_table_states(reader, bound_inactive)?;
     let counters = settings::read_counters();
     Ok(Snapshot {
         sockets: table.sockets,

@@ -43,8 +43,25 @@ pub enum Progress {
     Done,
 }
 
-/// Encodes the dump request for one address family: TCP, every state, no extensions.
+/// The states every dump asks for: all of them, plus bound-inactive
+/// sockets when `bound_inactive`.
+fn states(bound_inactive: bool) -> u32 {
+    StateFlags::all().bits()
+        | if bound_inactive {
+            TCPF_BOUND_INACTIVE
+        } else {
+            0
+        }
+}
+
+/// Encodes the dump request for one address family: TCP, every state
+/// (bound-inactive sockets too), no extensions.
 pub fn request(family: u8, seq: u32) -> Vec<u8> {
+    request_states(family, seq, true)
+}
+
+/// [`request`], asking for bound-inactive sockets only when `bound_inactive`.
+fn request_states(family: u8, seq: u32, bound_inactive: bool) -> Vec<u8> {
     let socket_id = if family == AF_INET6 {
         SocketId::new_v6()
     } else {
@@ -56,7 +73,7 @@ pub fn request(family: u8, seq: u32) -> Vec<u8> {
         extensions: ExtensionFlags::empty(),
         // from_bits_retain keeps TCPF_BOUND_INACTIVE, which the crate's flags lack.
         // TCPF_SYN_RECV also brings request sockets (TCP_NEW_SYN_RECV), see inet_diag_dump_icsk().
-        states: StateFlags::from_bits_retain(StateFlags::all().bits() | TCPF_BOUND_INACTIVE),
+        states: StateFlags::from_bits_retain(states(bound_inactive)),
         socket_id,
     };
     let mut header = NetlinkHeader::default();
@@ -90,7 +107,12 @@ const INET_DIAG_REQ_LEN: usize = 60;
 /// (docs/BENCHMARKS.md). netlink-packet-sock-diag has no type for this
 /// request, hence the bytes here.
 pub fn request_all_families(seq: u32) -> Vec<u8> {
-    let states = StateFlags::all().bits() | TCPF_BOUND_INACTIVE;
+    request_all_families_states(seq, true)
+}
+
+/// [`request_all_families`], asking for bound-inactive sockets only when `bound_inactive`.
+fn request_all_families_states(seq: u32, bound_inactive: bool) -> Vec<u8> {
+    let states = states(bound_inactive);
     let len = 16 + INET_DIAG_REQ_LEN;
     let mut buf = Vec::with_capacity(len);
     buf.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -206,6 +228,24 @@ fn parse_inet_diag_msg(payload: &[u8]) -> Result<Option<Socket>, String> {
 /// dump for both families ([`request_all_families`]), or, if the kernel
 /// refuses that request, one dump per family (IPv4 then IPv6).
 pub fn read() -> Result<Vec<Socket>, ScanError> {
+    read_states(true)
+}
+
+/// [`read`], without the sockets that called `bind()` but neither
+/// `listen()` nor `connect()` (`TCP_BOUND_INACTIVE`, Linux 6.8+).
+///
+/// Why it exists: to find those, `inet_diag_dump_icsk()` walks the bind
+/// hash, which every namespace shares even when it has an established hash
+/// of its own (`tcp_child_ehash_entries`), and which holds a bucket per
+/// port in use on the whole node. On 200 namespaces × 500 sockets that
+/// walk was most of each namespace's dump (docs/BENCHMARKS.md), so a scan
+/// of every namespace ([`crate::node::scan_all`]) leaves it out. Before
+/// Linux 6.8 the kernel has no such walk and both reads are the same.
+pub fn read_without_bound_inactive() -> Result<Vec<Socket>, ScanError> {
+    read_states(false)
+}
+
+fn read_states(bound_inactive: bool) -> Result<Vec<Socket>, ScanError> {
     let mut sock = NlSocket::new(NETLINK_SOCK_DIAG).map_err(|source| ScanError::Netlink {
         step: "socket",
         source,
@@ -217,14 +257,16 @@ pub fn read() -> Result<Vec<Socket>, ScanError> {
     let mut out = Vec::with_capacity(1024);
     // 32 KiB is what the kernel puts in one dump skb; twice that never truncates.
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    match dump(&mut sock, &request_all_families(1), 1, &mut buf, &mut out) {
+    let all = request_all_families_states(1, bound_inactive);
+    match dump(&mut sock, &all, 1, &mut buf, &mut out) {
         Ok(()) => return Ok(out),
         Err(ScanError::Netlink { step: "dump", .. }) => out.clear(),
         Err(e) => return Err(e),
     }
     for (i, family) in [AF_INET, AF_INET6].into_iter().enumerate() {
         let seq = 2 + i as u32;
-        dump(&mut sock, &request(family, seq), seq, &mut buf, &mut out)?;
+        let req = request_states(family, seq, bound_inactive);
+        dump(&mut sock, &req, seq, &mut buf, &mut out)?;
     }
     Ok(out)
 }

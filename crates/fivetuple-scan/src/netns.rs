@@ -76,12 +76,7 @@ where
     let handle = std::thread::Builder::new()
         .name("fivetuple-netns".into())
         .spawn(move || {
-            // SAFETY: `file` is an open namespace fd for the whole call; setns
-            // only changes this thread's namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            enter_file(&file)?;
             drop(file);
             Ok(f())
         })
@@ -94,6 +89,19 @@ where
         }),
         Err(_) => Err(ScanError::Thread("the namespace thread panicked".into())),
     }
+}
+
+/// Moves the calling thread into the network namespace of `file` (an
+/// nsfs file from [`open`]) with `setns()`. Only this thread moves
+/// (DESIGN §5): call it on a thread dedicated to reading.
+pub fn enter_file(file: &File) -> io::Result<()> {
+    // SAFETY: `file` is an open namespace fd for the whole call; setns
+    // only changes the calling thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Identity of a network namespace: the device and inode of its nsfs file
@@ -227,12 +235,7 @@ impl Follower {
             source,
         };
         let id = ns_id(file).map_err(setns_err)?;
-        // SAFETY: `file` is an open namespace fd for the whole call; setns
-        // only changes the calling thread's namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            return Err(setns_err(io::Error::last_os_error()));
-        }
+        enter_file(file).map_err(setns_err)?;
         Ok(id)
     }
 

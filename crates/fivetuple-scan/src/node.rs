@@ -6,8 +6,8 @@
 //! (DESIGN §7). [`discover`] lists the namespaces in use (from
 //! `/proc/*/ns/net` and the named ones under `/run/netns`, deduplicated by
 //! inode) with their processes and the container / pod identity of their
-//! cgroup paths; [`scan_all`] enters each on its own thread through
-//! [`crate::netns::run_in`] and reads its settings and table there.
+//! cgroup paths; [`scan_all`] has a few worker threads enter them one
+//! after another with `setns()` and read each one's settings and table there.
 //!
 //! A namespace can vanish between discovery and its scan (a pod deleted);
 //! it is then reported in [`NodeScan::vanished`], not as an error.
@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::error::ScanError;
 use crate::identity::{self, Identity};
-use crate::model::{self, Analysis, Snapshot, Thresholds};
+use crate::model::{self, Analysis, Finding, FindingCode, Severity, Snapshot, Thresholds};
 use crate::netns::{self, Target};
 use crate::procs;
 use crate::settings::{Counters, Settings};
@@ -262,32 +262,69 @@ fn is_gone(e: &ScanError) -> bool {
 /// `Ok(None)` when the namespace is gone: every way in failed with "no
 /// such process/file", or led to another namespace.
 pub fn scan(ns: &Netns, reader: Reader) -> Result<Option<Snapshot>, ScanError> {
-    run_in(ns, move || crate::snapshot(reader))
+    run_in(ns, move || crate::snapshot_states(reader, true))
 }
 
-/// Runs `f` inside `ns` as [`scan`] enters it (the same checks, the same
-/// `Ok(None)` when the namespace is gone), for readings other than the
-/// socket table (the NAT view).
+/// Runs `f` inside `ns` as [`scan`] enters it (on a thread of its own, the
+/// same checks, the same `Ok(None)` when the namespace is gone), for
+/// readings other than the socket table (the NAT view).
 pub fn run_in<T, F>(ns: &Netns, f: F) -> Result<Option<T>, ScanError>
 where
     T: Send + 'static,
-    F: Fn() -> Result<T, ScanError> + Clone + Send + 'static,
+    F: FnMut() -> Result<T, ScanError> + Send + 'static,
 {
+    let ns = ns.clone();
+    std::thread::Builder::new()
+        .name("fivetuple-netns".into())
+        .spawn(move || enter_here(&ns, f))
+        .map_err(ScanError::Spawn)?
+        .join()
+        .map_err(|_| ScanError::Thread("the namespace thread panicked".into()))?
+}
+
+/// [`scan`] on the calling thread, which it moves into `ns` (and leaves
+/// there, or in the last namespace it tried): for threads that do nothing
+/// but scan, such as [`scan_all`]'s workers, which so enter namespace
+/// after namespace without a thread per namespace.
+///
+/// `bound_inactive`: whether the table includes the sockets that called
+/// `bind()` but neither `listen()` nor `connect()` (see
+/// [`crate::netlink::read_without_bound_inactive`]).
+fn scan_here(
+    ns: &Netns,
+    reader: Reader,
+    bound_inactive: bool,
+) -> Result<Option<Snapshot>, ScanError> {
+    enter_here(ns, || crate::snapshot_states(reader, bound_inactive))
+}
+
+/// Moves the calling thread into `ns` (through each of its ways in, in
+/// turn), checks that it landed in the namespace with the expected inode
+/// (a pid can be reused), and runs `f` there.
+fn enter_here<T>(
+    ns: &Netns,
+    mut f: impl FnMut() -> Result<T, ScanError>,
+) -> Result<Option<T>, ScanError> {
     let mut first_error = None;
     for target in ns.targets() {
-        let want = ns.inode;
-        let f = f.clone();
-        let r = netns::run_in(&target, move || -> Result<Option<T>, ScanError> {
-            if current_inode()? != want {
+        let entered = netns::open(&target).and_then(|file| {
+            let Some(file) = file else { return Ok(()) };
+            netns::enter_file(&file).map_err(|source| ScanError::Setns {
+                target: target.to_string(),
+                source,
+            })
+        });
+        let r = entered.and_then(|()| {
+            // Another namespace behind this handle (pid reuse): try the next.
+            if current_inode()? != ns.inode {
                 return Ok(None);
             }
             f().map(Some)
         });
         match r {
-            Ok(Ok(Some(snap))) => return Ok(Some(snap)),
-            // Another namespace behind this handle (pid reuse): try the next.
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) | Err(e) => {
+            Ok(Some(snap)) => return Ok(Some(snap)),
+            Ok(None) => {}
+            Err(e) => {
                 if !is_gone(&e) && first_error.is_none() {
                     first_error = Some(e);
                 }
@@ -315,6 +352,18 @@ pub struct NodeScan<T> {
 /// Scans every namespace in `namespaces` with `workers` namespaces at a
 /// time (at least 1), applying `f` to each snapshot on the worker that
 /// read it, so grouping runs in parallel too and only `f`'s result is kept.
+///
+/// Each worker is a thread of its own that enters namespace after
+/// namespace with `setns()` (no thread per namespace; the caller's threads
+/// never move), so `f` runs inside the namespace just scanned: it must
+/// not read anything namespace-dependent of its own.
+///
+/// The tables leave out bound-inactive sockets (`bind()` without
+/// `listen()` or `connect()`, Linux 6.8+), which [`scan`] of one namespace
+/// includes: asking for them makes the kernel walk the bind hash that all
+/// namespaces share, once per namespace, and on 200 namespaces × 500
+/// sockets that walk was most of the scan's time
+/// ([`crate::netlink::read_without_bound_inactive`]).
 pub fn scan_all<T, F>(namespaces: Vec<Netns>, reader: Reader, workers: usize, f: F) -> NodeScan<T>
 where
     T: Send,
@@ -334,7 +383,7 @@ where
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(ns) = namespaces.get(i) else { break };
-                let outcome = match scan(ns, reader) {
+                let outcome = match scan_here(ns, reader, false) {
                     Ok(Some(snap)) => Outcome::Scanned(f(ns, snap)),
                     Ok(None) => Outcome::Vanished,
                     Err(e) => Outcome::Failed(e),
@@ -463,6 +512,71 @@ pub fn analyze_node(namespaces: Vec<Netns>, opts: &NodeOptions) -> NodeScan<Name
         vanished: now.vanished,
         failed: now.failed,
     }
+}
+
+/// At least this many namespaces sharing the host's TCP established hash
+/// (besides the host's own) make [`shared_ehash_finding`] speak...
+pub const SHARED_EHASH_MIN_NAMESPACES: usize = 10;
+/// ...when the node also holds at least this many sockets.
+pub const SHARED_EHASH_MIN_SOCKETS: u64 = 10_000;
+
+/// The node-wide finding `shared_tcp_ehash` (severity info): at least
+/// [`SHARED_EHASH_MIN_NAMESPACES`] namespaces other than the host's share
+/// its TCP established hash (`net.ipv4.tcp_ehash_entries` negative) and
+/// the node holds at least [`SHARED_EHASH_MIN_SOCKETS`] sockets. Then every
+/// lookup and every dump in each of them walks chains holding the whole
+/// node's sockets, and a scan of every namespace costs namespaces × node
+/// sockets (docs/BENCHMARKS.md). `None` otherwise, and on kernels before
+/// 6.1, which do not say.
+///
+/// `namespaces`: for each namespace scanned, whether it is the host's, its
+/// `tcp_ehash_entries`, and its sockets.
+pub fn shared_ehash_finding(
+    namespaces: impl IntoIterator<Item = (bool, Option<i64>, u64)>,
+) -> Option<Finding> {
+    let mut sharing = 0usize;
+    let mut host_buckets = None;
+    let mut sockets = 0u64;
+    for (host, ehash, n) in namespaces {
+        sockets += n;
+        match ehash {
+            Some(e) if host => host_buckets = Some(e.unsigned_abs()),
+            Some(e) if e < 0 => {
+                sharing += 1;
+                host_buckets.get_or_insert(e.unsigned_abs());
+            }
+            _ => {}
+        }
+    }
+    if sharing < SHARED_EHASH_MIN_NAMESPACES || sockets < SHARED_EHASH_MIN_SOCKETS {
+        return None;
+    }
+    let buckets = host_buckets.unwrap_or_default();
+    Some(Finding {
+        severity: Severity::Info,
+        code: FindingCode::SharedTcpEhash,
+        destination: None,
+        message: format!(
+            "{sharing} network namespaces share the host's TCP established hash ({buckets} buckets; \
+             net.ipv4.tcp_ehash_entries reads -{buckets} in them) while the node holds {sockets} sockets: \
+             their socket lookups and every dump of their table (ss, doctor, the exporter) walk \
+             chains holding the whole node's sockets, so a scan of every namespace costs \
+             about {sharing} x {sockets} socket visits"
+        ),
+        advice: vec![
+            "Set net.ipv4.tcp_child_ehash_entries on the node (Linux 6.1+; sysctl -w \
+             net.ipv4.tcp_child_ehash_entries=N, and in /etc/sysctl.d/ to keep it): namespaces \
+             created afterwards (new pods) get a hash of their own of N buckets (rounded up to \
+             a power of two); existing ones keep sharing until they are recreated. The \
+             listening and bind hashes stay shared."
+                .to_string(),
+            "Size N at least twice the TIME_WAIT sockets a pod may hold: a namespace's default \
+             net.ipv4.tcp_max_tw_buckets is half its hash size, and TIME_WAIT sockets beyond it \
+             are destroyed early (TCPTimeWaitOverflow). Each bucket costs 8 bytes per namespace \
+             (N=65536: 512 KiB a pod)."
+                .to_string(),
+        ],
+    })
 }
 
 /// A capability that `--all-netns` needs and the process lacks.
@@ -698,6 +812,37 @@ mod tests {
         );
         assert!(parse_cap_eff("CapEff:\tzz\n").unwrap_err().contains("zz"));
         assert!(parse_cap_eff("Name: x\n").is_err());
+    }
+
+    #[test]
+    fn shared_ehash_finding_needs_many_sharing_namespaces_and_many_sockets() {
+        let host = (true, Some(262_144), 5_000);
+        let pods = |n: usize, ehash: i64, sockets: u64| {
+            std::iter::repeat_n((false, Some(ehash), sockets), n)
+        };
+        // 10 sharing pods of 500 sockets plus the host's 5,000: 10,000 sockets.
+        let f = shared_ehash_finding(std::iter::once(host).chain(pods(10, -262_144, 500)))
+            .expect("10 sharing namespaces, 10,000 sockets");
+        assert_eq!(f.code, FindingCode::SharedTcpEhash);
+        assert_eq!(f.severity, Severity::Info);
+        assert!(
+            f.message.starts_with("10 network namespaces share"),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("262144 buckets") && f.message.contains("10000 sockets"));
+        assert!(f.advice[0].contains("net.ipv4.tcp_child_ehash_entries"));
+        // One short of either bound: nothing.
+        assert!(
+            shared_ehash_finding(std::iter::once(host).chain(pods(9, -262_144, 1_000))).is_none()
+        );
+        assert!(
+            shared_ehash_finding(std::iter::once(host).chain(pods(10, -262_144, 499))).is_none()
+        );
+        // Own hashes, or a kernel that does not say: nothing.
+        assert!(shared_ehash_finding(std::iter::once(host).chain(pods(50, 1024, 1_000))).is_none());
+        let unknown = std::iter::repeat_n((false, None, 1_000), 50);
+        assert!(shared_ehash_finding(unknown).is_none());
     }
 
     #[test]

@@ -13,9 +13,11 @@
 pub mod nat;
 
 pub mod bench;
+pub mod host_sysctl;
 pub mod hostile;
 pub mod nginx;
 pub mod pods;
+pub use host_sysctl::HostSysctl;
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};

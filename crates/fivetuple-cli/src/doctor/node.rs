@@ -10,15 +10,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use fivetuple_scan::identity::Identity;
-use fivetuple_scan::model::Severity;
+use fivetuple_scan::model::{Finding, Severity};
 use fivetuple_scan::nat::{self, analysis::NatAnalysis, NatSnapshot};
 use fivetuple_scan::node::{self, NamespaceReport, Netns, NodeOptions};
 use fivetuple_scan::ScanError;
 use serde::Serialize;
 
 use super::{
-    exit_code, nat_shown, rate_note, severity_name, write_namespace, Config, JsonBody, JsonNat,
-    JsonThresholds, SCHEMA_VERSION,
+    exit_code, nat_shown, rate_note, severity_name, write_findings, write_namespace, Config,
+    JsonBody, JsonNat, JsonThresholds, SCHEMA_VERSION,
 };
 
 /// The NAT view of each namespace (by inode) and when it was read; `Err`
@@ -116,10 +116,29 @@ pub(super) fn run(cfg: &Config, out: &mut dyn Write) -> Result<u8> {
         .max()
         .unwrap_or(Severity::Ok);
     let code = node_exit_code(worst, !scan.failed.is_empty());
+    // Node-wide findings (severity info: they leave the exit code alone).
+    let node_findings: Vec<Finding> =
+        node::shared_ehash_finding(scan.scanned.iter().map(|(_, r)| {
+            (
+                r.netns.host,
+                r.settings.tcp_ehash_entries,
+                u64::from(r.analysis.totals.sockets),
+            )
+        }))
+        .into_iter()
+        .collect();
+    let node = NodeReport {
+        scan: &scan,
+        findings: &node_findings,
+        nats: &nats,
+        worst,
+        code,
+        denied: discovery.denied,
+    };
     if cfg.json {
-        write_json(out, cfg, &scan, &nats, worst, code, discovery.denied)?;
+        write_json(out, cfg, &node)?;
     } else {
-        write_report(out, cfg, &scan, &nats, worst, code, discovery.denied)?;
+        write_report(out, cfg, &node)?;
     }
     Ok(code)
 }
@@ -189,15 +208,28 @@ fn processes_label(ns: &Netns) -> String {
     }
 }
 
-fn write_report(
-    out: &mut dyn Write,
-    cfg: &Config,
-    scan: &node::NodeScan<NamespaceReport>,
-    nats: &HashMap<u64, NatAnalysis>,
+/// What the report of the whole node is made of.
+struct NodeReport<'a> {
+    scan: &'a node::NodeScan<NamespaceReport>,
+    /// Node-wide findings, such as `shared_tcp_ehash`.
+    findings: &'a [Finding],
+    /// The NAT analysis of each namespace that source-NATs, by inode.
+    nats: &'a HashMap<u64, NatAnalysis>,
     worst: Severity,
     code: u8,
+    /// Processes whose namespace link could not be read.
     denied: usize,
-) -> Result<()> {
+}
+
+fn write_report(out: &mut dyn Write, cfg: &Config, node: &NodeReport) -> Result<()> {
+    let NodeReport {
+        scan,
+        findings,
+        nats,
+        worst,
+        code,
+        denied,
+    } = *node;
     writeln!(
         out,
         "fivetuple doctor --all-netns: {} network namespaces scanned, {} vanished during the scan, {} failed; {}",
@@ -269,6 +301,10 @@ fn write_report(
             )?;
         }
     }
+    if !findings.is_empty() {
+        writeln!(out, "\nNode")?;
+        write_findings(out, findings)?;
+    }
     let named: Vec<String> = scan
         .scanned
         .iter()
@@ -300,6 +336,7 @@ struct JsonNode<'a> {
     vanished: Vec<JsonNetns<'a>>,
     failed: Vec<JsonFailed<'a>>,
     processes_denied: usize,
+    node_findings: &'a [Finding],
 }
 
 #[derive(Serialize)]
@@ -354,21 +391,17 @@ struct JsonFailed<'a> {
     error: String,
 }
 
-fn write_json(
-    out: &mut dyn Write,
-    cfg: &Config,
-    scan: &node::NodeScan<NamespaceReport>,
-    nats: &HashMap<u64, NatAnalysis>,
-    worst: Severity,
-    code: u8,
-    denied: usize,
-) -> Result<()> {
-    let nats: HashMap<u64, (NatAnalysis, usize)> =
-        nats.iter().map(|(k, n)| (*k, nat_shown(cfg, n))).collect();
+fn write_json(out: &mut dyn Write, cfg: &Config, node: &NodeReport) -> Result<()> {
+    let scan = node.scan;
+    let nats: HashMap<u64, (NatAnalysis, usize)> = node
+        .nats
+        .iter()
+        .map(|(k, n)| (*k, nat_shown(cfg, n)))
+        .collect();
     let doc = JsonNode {
         schema_version: SCHEMA_VERSION,
-        status: worst,
-        exit_code: code,
+        status: node.worst,
+        exit_code: node.code,
         interval_s: cfg.interval.as_secs_f64(),
         thresholds: JsonThresholds::new(&cfg.thresholds),
         namespaces: scan
@@ -393,7 +426,8 @@ fn write_json(
                 error: crate::error_chain(e),
             })
             .collect(),
-        processes_denied: denied,
+        processes_denied: node.denied,
+        node_findings: node.findings,
     };
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;

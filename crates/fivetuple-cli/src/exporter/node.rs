@@ -6,10 +6,11 @@
 //! Every destination series gains `netns` (the namespace inode),
 //! `container_id` and `pod_uid` (empty when unknown); `--top-k` applies
 //! across the node. Per-namespace series: the totals of the single-namespace
-//! exporter, `fivetuple_netns_sockets{state}`, the port range, and
+//! exporter, `fivetuple_netns_sockets{state}`, the port range, the TCP
+//! established hash size (`tcp_ehash_entries`, negative when shared), and
 //! `fivetuple_netns_info` with the rest of the identity. Their number is
 //! bounded by the namespaces on the node, which the kubelet caps through
-//! its pod limit (110 by default): at most 24 series per namespace
+//! its pod limit (110 by default): at most 25 series per namespace
 //! (docs/exporter.md states the whole bound).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -231,7 +232,11 @@ fn netns_families(scanned: &[Scanned]) -> Vec<Family> {
     let mut sockets = Vec::new();
     let mut range = Vec::new();
     let mut info = Vec::new();
+    let mut ehash = Vec::new();
     for s in scanned {
+        if let Some(n) = s.settings.tcp_ehash_entries {
+            ehash.push((s.labels.clone(), n as f64));
+        }
         for (state, n) in &s.states {
             sockets.push((
                 with(s.labels.clone(), [("state", state.to_string())]),
@@ -271,6 +276,11 @@ fn netns_families(scanned: &[Scanned]) -> Vec<Family> {
             name: "fivetuple_netns_ip_local_port_range_ports",
             help: "Ports in the namespace's own net.ipv4.ip_local_port_range.",
             series: range,
+        },
+        Family {
+            name: "fivetuple_netns_tcp_ehash_entries",
+            help: "The namespace's net.ipv4.tcp_ehash_entries (Linux 6.1+): buckets of its TCP established hash; negative when it shares the host's (set net.ipv4.tcp_child_ehash_entries on the node to give new namespaces their own).",
+            series: ehash,
         },
         Family {
             name: "fivetuple_netns_info",

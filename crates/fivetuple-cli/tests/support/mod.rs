@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The `fivetuple` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_fivetuple");
@@ -161,4 +163,91 @@ pub fn promtool_check(text: &str, dir: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Instant query against Prometheus' HTTP API: the result vector.
+pub fn query(prom: SocketAddr, q: &str) -> Vec<Value> {
+    let r = get(prom, &format!("/api/v1/query?query={}", urlencode(q)));
+    // Chunked transfer encoding is possible: take the JSON object between the outer braces.
+    let (Some(a), Some(b)) = (r.body.find('{'), r.body.rfind('}')) else {
+        return Vec::new();
+    };
+    let v: Value = serde_json::from_str(&r.body[a..=b]).unwrap_or(Value::Null);
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+pub fn value_of(series: &Value) -> f64 {
+    series["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+/// A Prometheus server scraping every second with `scrape_configs` (YAML,
+/// indented as a list under that key), its data and log in `dir`.
+pub struct Prometheus {
+    _child: Reaper,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Prometheus {
+    /// On 127.0.0.1:9090: for callers in a fresh netns.
+    pub fn start(dir: &Path, scrape_configs: &str) -> Prometheus {
+        Prometheus::start_at(dir, "127.0.0.1:9090".parse().unwrap(), scrape_configs)
+    }
+
+    /// On `addr` (loopback; a free port when the caller shares the host's namespace).
+    pub fn start_at(dir: &Path, addr: SocketAddr, scrape_configs: &str) -> Prometheus {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"),
+        )
+        .unwrap();
+        let log = dir.join("prometheus.log");
+        let child = Reaper(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("run prometheus"),
+        );
+        Prometheus {
+            _child: child,
+            addr,
+            log,
+        }
+    }
+
+    /// Polls every query (bounded: 40 s) until each has a result; returns
+    /// the last results, and the server's log for failure messages.
+    pub fn wait_for(&self, queries: &[&str]) -> (Vec<Vec<Value>>, String) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut results = vec![Vec::new(); queries.len()];
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            if TcpStream::connect(self.addr).is_err() {
+                continue;
+            }
+            results = queries.iter().map(|q| query(self.addr, q)).collect();
+            if results.iter().all(|r| !r.is_empty()) {
+                break;
+            }
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        (results, log)
+    }
 }

@@ -335,6 +335,9 @@ pub enum FindingCode {
     ConntrackDrops,
     /// `conntrack_table_full`: the conntrack table is near `nf_conntrack_max`.
     ConntrackTableFull,
+    /// `shared_tcp_ehash`: many namespaces of a node share the host's TCP
+    /// established hash while the node holds many sockets (`--all-netns`).
+    SharedTcpEhash,
 }
 
 impl FindingCode {
@@ -350,6 +353,7 @@ impl FindingCode {
             FindingCode::NatPortUtilization => "nat_port_utilization",
             FindingCode::ConntrackDrops => "conntrack_drops",
             FindingCode::ConntrackTableFull => "conntrack_table_full",
+            FindingCode::SharedTcpEhash => "shared_tcp_ehash",
         }
     }
 }
