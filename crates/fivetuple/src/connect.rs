@@ -20,6 +20,11 @@ use crate::policy::{Choice, KernelDefault, LocalPolicy};
 /// that 16 consecutive attempts all clash is `p^16` (under 2% at p = 0.78).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 16;
 
+/// Default Happy Eyeballs "connection attempt delay" (RFC 8305 §5): how long
+/// [`Connector::connect_host`] waits on the first address family before it
+/// also starts the other. 250 ms, the RFC's recommended value.
+pub const DEFAULT_HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+
 /// Opens TCP connections whose local endpoint a [`LocalPolicy`] chooses,
 /// retrying on port exhaustion.
 ///
@@ -54,6 +59,7 @@ struct Config {
     nodelay: bool,
     linger_zero: bool,
     socket_hook: Option<SocketHook>,
+    happy_eyeballs_delay: Option<Duration>,
 }
 
 impl Config {
@@ -71,6 +77,7 @@ impl Default for Config {
             nodelay: false,
             linger_zero: false,
             socket_hook: None,
+            happy_eyeballs_delay: Some(DEFAULT_HAPPY_EYEBALLS_DELAY),
         }
     }
 }
@@ -163,6 +170,28 @@ impl Connector {
     /// The bound on each `connect()` call, if any.
     pub fn connect_timeout(&self) -> Option<Duration> {
         self.config.connect_timeout
+    }
+
+    /// Happy Eyeballs (RFC 8305) for [`connect_host`](Connector::connect_host)
+    /// and the hyper connector on a name with both IPv4 and IPv6 addresses:
+    /// the addresses of the first answer's family are tried in order, and
+    /// after `delay` without a connection (or as soon as that family has
+    /// failed) the other family's are tried alongside; the first connection
+    /// wins and the other attempt is dropped (its socket closed). The
+    /// [connect timeout](Connector::set_connect_timeout) bounds the whole.
+    /// Default [`DEFAULT_HAPPY_EYEBALLS_DELAY`] (250 ms); `None` tries every
+    /// address in order, one at a time. Each attempt goes through the policy
+    /// as [`connect`](Connector::connect) does. The blocking
+    /// [`connect_host_std`](Connector::connect_host_std) always tries in
+    /// order.
+    pub fn set_happy_eyeballs_delay(&mut self, delay: Option<Duration>) -> &mut Connector {
+        self.config.happy_eyeballs_delay = delay;
+        self
+    }
+
+    /// The Happy Eyeballs delay, if on.
+    pub fn happy_eyeballs_delay(&self) -> Option<Duration> {
+        self.config.happy_eyeballs_delay
     }
 
     /// Sets `TCP_NODELAY` on every connection. Default off.
