@@ -179,12 +179,12 @@ fn cliff() {
                 "| {policy} | {:.0} % | {} | {:.0} | {:.1} | {} | {:.2} |",
                 occupancy * 100.0,
                 row.held,
-                row.rate,
-                row.cpu_us,
-                row.failed,
-                row.attempts_per_connect
+                row.measured.rate,
+                row.measured.cpu_us,
+                row.measured.failed,
+                row.measured.attempts_per_connect
             );
-            results.push((policy, occupancy, row.rate, row.cpu_us));
+            results.push((policy, occupancy, row.measured.rate, row.measured.cpu_us));
         }
     }
     let rate = |p: &str, o: f64| {
@@ -214,10 +214,39 @@ fn cliff() {
 
 struct Cell {
     held: usize,
+    measured: Measured,
+}
+
+/// `m` connects of one cell, closed with RST so the occupancy stays put.
+struct Measured {
     rate: f64,
     cpu_us: f64,
     failed: usize,
     attempts_per_connect: f64,
+}
+
+fn measure(connector: &mut Connector, dest: SocketAddr, m: usize) -> Measured {
+    connector
+        .set_linger_zero(true)
+        .set_connect_timeout(Some(Duration::from_secs(5)));
+    let before = connector.stats().snapshot();
+    let mut failed = 0;
+    let (start, cpu) = (Instant::now(), thread_cpu());
+    for _ in 0..m {
+        match connector.connect_std(dest) {
+            Ok(s) => drop(s),
+            Err(_) => failed += 1,
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu_us = (thread_cpu() - cpu).as_secs_f64() * 1e6 / m as f64;
+    let after = connector.stats().snapshot();
+    Measured {
+        rate: (m - failed) as f64 / elapsed,
+        cpu_us,
+        failed,
+        attempts_per_connect: (after.attempts - before.attempts) as f64 / m as f64,
+    }
 }
 
 fn cliff_cell(policy: &str, occupancy: f64, m: usize) -> Cell {
@@ -241,27 +270,10 @@ fn cliff_cell(policy: &str, occupancy: f64, m: usize) -> Cell {
         }
     }
     sink.wait_for(target);
-    connector
-        .set_linger_zero(true)
-        .set_connect_timeout(Some(Duration::from_secs(5)));
-    let before = connector.stats().snapshot();
-    let mut failed = 0;
-    let (start, cpu) = (Instant::now(), thread_cpu());
-    for _ in 0..m {
-        match connector.connect_std(dest) {
-            Ok(s) => drop(s),
-            Err(_) => failed += 1,
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu_us = (thread_cpu() - cpu).as_secs_f64() * 1e6 / m as f64;
-    let after = connector.stats().snapshot();
+    let measured = measure(&mut connector, dest, m);
     Cell {
         held: held.len(),
-        rate: (m - failed) as f64 / elapsed,
-        cpu_us,
-        failed,
-        attempts_per_connect: (after.attempts - before.attempts) as f64 / m as f64,
+        measured,
     }
 }
 
@@ -320,13 +332,19 @@ fn time_wait() {
                 occupancy * 100.0,
                 row.tw_before,
                 row.tw_after,
-                row.rate,
-                row.cpu_us,
-                row.failed,
-                row.attempts_per_connect,
+                row.measured.rate,
+                row.measured.cpu_us,
+                row.measured.failed,
+                row.measured.attempts_per_connect,
                 row.age.as_secs_f64()
             );
-            results.push((filler, policy, occupancy, row.rate, row.cpu_us));
+            results.push((
+                filler,
+                policy,
+                occupancy,
+                row.measured.rate,
+                row.measured.cpu_us,
+            ));
         }
     }
     let get = |f: &str, p: &str, o: f64| {
@@ -353,10 +371,7 @@ fn time_wait() {
 struct TwCell {
     tw_before: usize,
     tw_after: usize,
-    rate: f64,
-    cpu_us: f64,
-    failed: usize,
-    attempts_per_connect: f64,
+    measured: Measured,
     age: Duration,
 }
 
@@ -426,21 +441,7 @@ fn time_wait_cell(filler: &str, policy: &str, target: usize, m: usize) -> TwCell
     } else {
         policy_connector(policy)
     };
-    connector
-        .set_linger_zero(true)
-        .set_connect_timeout(Some(Duration::from_secs(5)));
-    let before = connector.stats().snapshot();
-    let mut failed = 0;
-    let (start, cpu) = (Instant::now(), thread_cpu());
-    for _ in 0..m {
-        match connector.connect_std(dest) {
-            Ok(s) => drop(s),
-            Err(_) => failed += 1,
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu_us = (thread_cpu() - cpu).as_secs_f64() * 1e6 / m as f64;
-    let after = connector.stats().snapshot();
+    let measured = measure(&mut connector, dest, m);
     let tw_after = time_wait_count();
     let age = fill_start.elapsed();
     assert!(
@@ -454,10 +455,7 @@ fn time_wait_cell(filler: &str, policy: &str, target: usize, m: usize) -> TwCell
     TwCell {
         tw_before,
         tw_after,
-        rate: (m - failed) as f64 / elapsed,
-        cpu_us,
-        failed,
-        attempts_per_connect: (after.attempts - before.attempts) as f64 / m as f64,
+        measured,
         age,
     }
 }

@@ -70,8 +70,8 @@ fn refused_host_reports_the_last_connect_error() {
 const BLACKHOLE: [u8; 4] = [198, 18, 0, 2];
 
 fn add_blackhole() {
-    for args in [
-        &["link", "add", "bh0", "type", "veth", "peer", "name", "bh1"][..],
+    ip(&[
+        &["link", "add", "bh0", "type", "veth", "peer", "name", "bh1"],
         &["link", "set", "bh0", "up"],
         &["link", "set", "bh1", "up"],
         &["addr", "add", "198.18.0.1/24", "dev", "bh0"],
@@ -84,9 +84,14 @@ fn add_blackhole() {
             "dev",
             "bh0",
         ],
-    ] {
+    ]);
+}
+
+/// Runs `ip` once per argument list, failing the test on an error.
+fn ip(commands: &[&[&str]]) {
+    for args in commands {
         let status = std::process::Command::new("ip")
-            .args(args)
+            .args(*args)
             .status()
             .unwrap();
         assert!(status.success(), "ip {args:?}: {status}");
@@ -208,8 +213,8 @@ const BLACKHOLE6: &str = "fd00:ff::2";
 
 #[cfg(feature = "hyper")]
 fn add_blackhole6() {
-    for args in [
-        &["-6", "addr", "add", "fd00:ff::1/64", "dev", "bh0", "nodad"][..],
+    ip(&[
+        &["-6", "addr", "add", "fd00:ff::1/64", "dev", "bh0", "nodad"],
         &[
             "-6",
             "neigh",
@@ -220,13 +225,7 @@ fn add_blackhole6() {
             "dev",
             "bh0",
         ],
-    ] {
-        let status = std::process::Command::new("ip")
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success(), "ip {args:?}: {status}");
-    }
+    ]);
 }
 
 /// Connects through the hyper connector to a name answering `addrs` (port
