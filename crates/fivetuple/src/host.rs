@@ -1,7 +1,8 @@
 //! Connects to a `host:port`: resolve the name, then try its addresses in
 //! the resolver's order, the connector's timeout being one budget shared by
 //! all of them (as hyper-util's `HttpConnector` shares its own), so that an
-//! unreachable first address leaves time for the next.
+//! unreachable first address leaves time for the next. On a dual-stack name
+//! the async path races the two families (Happy Eyeballs, RFC 8305).
 
 use std::fmt;
 use std::io;
@@ -17,10 +18,17 @@ impl Connector {
     /// connection that opens. Each address goes through the policy and its
     /// exhaustion retries as [`connect`](Connector::connect) does.
     ///
+    /// When the name has both IPv4 and IPv6 addresses, Happy Eyeballs (RFC
+    /// 8305) is on by default: the first answer's family is tried, the other
+    /// family starts after 250 ms without a connection (or at once when the
+    /// first family has failed), and the first connection wins; see
+    /// [`set_happy_eyeballs_delay`](Connector::set_happy_eyeballs_delay).
+    ///
     /// The [connect timeout](Connector::set_connect_timeout), when set, is
-    /// the budget of the whole call: each address gets what is left divided
-    /// by the addresses left, so a fast failure (refused) passes its unused
-    /// share on. `None` waits as long as the OS does, per address.
+    /// the budget of the whole call: within a family, each address gets what
+    /// is left divided by the addresses left, so a fast failure (refused)
+    /// passes its unused share on. `None` waits as long as the OS does, per
+    /// address.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -48,7 +56,9 @@ impl Connector {
 
     /// The blocking twin of [`connect_host`](Connector::connect_host): the
     /// name is resolved with `getaddrinfo` on the calling thread (std's
-    /// `ToSocketAddrs`), and the timeout is shared the same way.
+    /// `ToSocketAddrs`), and the timeout is shared the same way. The
+    /// addresses are tried one at a time, in order, whatever the families:
+    /// no Happy Eyeballs here, which would need a thread per family.
     pub fn connect_host_std(&self, host: &str) -> Result<std::net::TcpStream, HostConnectError> {
         use std::net::ToSocketAddrs;
         let (name, port) = split_host_port(host)?;
@@ -74,9 +84,104 @@ impl Connector {
         Err(HostConnectError::failed(host, addrs.len(), last))
     }
 
-    /// Connects to `addrs` in order within the shared budget `total`.
+    /// Connects to `addrs` within the budget `total`: Happy Eyeballs when
+    /// they hold both families and the delay is on
+    /// ([`set_happy_eyeballs_delay`](Connector::set_happy_eyeballs_delay)),
+    /// otherwise in order.
     #[cfg(feature = "tokio")]
     pub(crate) async fn connect_addrs(
+        &self,
+        host: &str,
+        addrs: &[SocketAddr],
+        total: Option<Duration>,
+    ) -> Result<tokio::net::TcpStream, HostConnectError> {
+        let Some(first) = addrs.first() else {
+            return Err(HostConnectError::failed(host, 0, None));
+        };
+        let (primary, fallback): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            addrs.iter().partition(|a| a.is_ipv4() == first.is_ipv4());
+        match self.happy_eyeballs_delay() {
+            Some(delay) if !fallback.is_empty() => {
+                self.happy_eyeballs(host, &primary, &fallback, delay, total)
+                    .await
+            }
+            _ => self.connect_in_order(host, addrs, total).await,
+        }
+    }
+
+    /// RFC 8305's race, as Go's `dialParallel` runs it: the primary family
+    /// in order; the fallback family in order from `delay` on (or from the
+    /// primary's failure, if sooner), each lane with what is left of
+    /// `total`. The first connection wins; the losing lane's future, and
+    /// with it its socket, is dropped.
+    #[cfg(feature = "tokio")]
+    async fn happy_eyeballs(
+        &self,
+        host: &str,
+        primary: &[SocketAddr],
+        fallback: &[SocketAddr],
+        delay: Duration,
+        total: Option<Duration>,
+    ) -> Result<tokio::net::TcpStream, HostConnectError> {
+        use std::future::Future;
+        use std::task::Poll;
+
+        let start = Instant::now();
+        let mut first = std::pin::pin!(self.connect_in_order(host, primary, total));
+        // Lazy: nothing happens until it is first polled.
+        let mut second = std::pin::pin!(async {
+            let left = total.map(|t| t.saturating_sub(start.elapsed()));
+            self.connect_in_order(host, fallback, left).await
+        });
+        let mut timer = std::pin::pin!(tokio::time::sleep(delay));
+        let (mut first_err, mut second_err) = (None, None);
+        let mut second_started = false;
+        std::future::poll_fn(|cx| {
+            if first_err.is_none() {
+                if let Poll::Ready(r) = first.as_mut().poll(cx) {
+                    match r {
+                        Ok(stream) => return Poll::Ready(Ok(stream)),
+                        Err(e) => {
+                            first_err = Some(e);
+                            second_started = true;
+                        }
+                    }
+                }
+            }
+            if !second_started && timer.as_mut().poll(cx).is_ready() {
+                tracing::debug!(
+                    host,
+                    ?delay,
+                    "no connection yet; starting the other address family"
+                );
+                second_started = true;
+            }
+            if second_started && second_err.is_none() {
+                if let Poll::Ready(r) = second.as_mut().poll(cx) {
+                    match r {
+                        Ok(stream) => return Poll::Ready(Ok(stream)),
+                        Err(e) => second_err = Some(e),
+                    }
+                }
+            }
+            match (first_err.take(), second_err.take()) {
+                (Some(a), Some(b)) => Poll::Ready(Err(HostConnectError::failed(
+                    host,
+                    a.addresses_tried() + b.addresses_tried(),
+                    b.into_connect_error().or(a.into_connect_error()),
+                ))),
+                (a, b) => {
+                    (first_err, second_err) = (a, b);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Connects to `addrs` in order within the shared budget `total`.
+    #[cfg(feature = "tokio")]
+    async fn connect_in_order(
         &self,
         host: &str,
         addrs: &[SocketAddr],

@@ -5,7 +5,8 @@
 //! [`HttpConnector`] wraps a [`Connector`]: it resolves the URI's host with
 //! a resolver (any `tower_service::Service<Name>`, the same trait hyper-util's
 //! resolvers implement; [`TokioResolver`] by default), tries the addresses in
-//! order with one connect-timeout budget shared across them (as
+//! order with one connect-timeout budget shared across them, racing IPv6 and
+//! IPv4 with Happy Eyeballs on a dual-stack answer (as
 //! [`Connector::connect_host`] does), and returns an [`HttpStream`] whose [`Connected`] carries a
 //! [`ConnectionInfo`] (local and remote socket address). hyper-util copies
 //! that into every response's extensions, so a caller can log which source
@@ -273,8 +274,10 @@ where
     R::Response: Iterator<Item = SocketAddr>,
     R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// Resolves `dst` and connects to its addresses in order, returning the
-    /// first connection that opens.
+    /// Resolves `dst` and connects to its addresses in order (both families
+    /// raced with Happy Eyeballs, see
+    /// [`Connector::set_happy_eyeballs_delay`]), returning the first
+    /// connection that opens.
     pub async fn connect_uri(&self, dst: &Uri) -> Result<HttpStream, HttpConnectError> {
         let (host, port) = host_port(&self.config, dst)?;
         let addrs = self.resolve(host, port).await?;

@@ -86,7 +86,9 @@ mod spread;
 mod sys;
 mod window;
 
-pub use connect::{ConnectStats, Connector, StatsSnapshot, DEFAULT_MAX_ATTEMPTS};
+pub use connect::{
+    ConnectStats, Connector, StatsSnapshot, DEFAULT_HAPPY_EYEBALLS_DELAY, DEFAULT_MAX_ATTEMPTS,
+};
 pub use error::{is_exhaustion, ConfigError, ConnectError, Stage};
 pub use fivetuple_kernel::PortRangeError;
 pub use host::HostConnectError;

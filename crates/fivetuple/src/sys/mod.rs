@@ -52,3 +52,22 @@ pub(crate) fn errno_name(err: &io::Error) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// Whether `err` can only have come from `socket()`, not from `connect()`:
+/// the plain path ([`Connector::connect_std`](crate::Connector::connect_std)
+/// with the kernel default) calls std's `TcpStream::connect`, which makes
+/// both calls and returns either's error. `ENOBUFS`/`ENOMEM`/`EACCES`, which
+/// both calls can return, count as `connect()`'s.
+#[cfg(unix)]
+pub(crate) fn is_socket_errno(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT)
+    )
+}
+
+/// The plain path is unix-only (`Connector::refresh_plain`).
+#[cfg(not(unix))]
+pub(crate) fn is_socket_errno(_err: &io::Error) -> bool {
+    false
+}
