@@ -162,8 +162,17 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
         &cfg.thresholds,
     );
     // NAT exhaustion counts like socket exhaustion in the status and exit code.
-    if let Some(n) = &nat {
-        analysis.status = analysis.status.max(n.status);
+    match &nat {
+        Some(n) => analysis.status = analysis.status.max(n.status),
+        // No NAT section: say when that is because the view could not be
+        // read (conntrack and nftables refuse without CAP_NET_ADMIN), so
+        // "no NAT here" and "cannot see" do not look the same.
+        None => analysis.notes.extend(
+            nat_now
+                .notes
+                .iter()
+                .map(|note| format!("NAT view incomplete (it needs CAP_NET_ADMIN): {note}")),
+        ),
     }
     let code = exit_code(analysis.status);
     if cfg.json {

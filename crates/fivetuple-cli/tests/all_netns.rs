@@ -246,6 +246,16 @@ fn all_netns_unprivileged_exits_3_naming_the_capability_and_the_host_alone_still
         "the current namespace needs no capability: exit {code:?}, {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Without CAP_NET_ADMIN conntrack refuses: doctor says it could not see
+    // the NAT layer rather than looking like a namespace without NAT.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("NAT view incomplete (it needs CAP_NET_ADMIN)"),
+        "{text}"
+    );
+    let root = doctor(&["--interval", "0", "--no-processes"]);
+    let text = String::from_utf8_lossy(&root.stdout);
+    assert!(!text.contains("NAT view incomplete"), "{text}");
 }
 
 /// The PromQL pod-name join of docs/exporter.md, as the docs print it (the
