@@ -52,6 +52,7 @@ pub struct Args {
 struct Config {
     json: bool,
     all_netns: bool,
+    bound_inactive: bool,
     target: Target,
     top: usize,
     thresholds: Thresholds,
@@ -73,6 +74,7 @@ impl Config {
         Ok(Config {
             json: args.json,
             all_netns: args.table.all_netns,
+            bound_inactive: args.table.bound_inactive(),
             target,
             top: args.top,
             thresholds,

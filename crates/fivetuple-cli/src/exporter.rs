@@ -223,6 +223,7 @@ pub fn registry(
     reader: Reader,
     top_k: usize,
     all_netns: bool,
+    bound_inactive: bool,
     stats: Arc<server::Stats>,
     bpf: Option<&Arc<bpf::BpfCollector>>,
 ) -> Registry {
@@ -231,6 +232,7 @@ pub fn registry(
     if all_netns {
         r.register_collector(Box::new(node::NodeCollector::new(
             reader,
+            bound_inactive,
             fivetuple_scan::node::default_workers(),
             top_k,
             nat::permitted(),
@@ -286,11 +288,18 @@ fn scrape_loop(
     runway: flight::Runway,
     reader: Reader,
     top_k: usize,
-    all_netns: bool,
+    (all_netns, bound_inactive): (bool, bool),
     stats: Arc<server::Stats>,
     bpf: Option<Arc<bpf::BpfCollector>>,
 ) {
-    let mut registry = registry(reader, top_k, all_netns, stats.clone(), bpf.as_ref());
+    let mut registry = registry(
+        reader,
+        top_k,
+        all_netns,
+        bound_inactive,
+        stats.clone(),
+        bpf.as_ref(),
+    );
     let mut gone = false;
     while let Some(job) = runway.next() {
         let body = match follower.check() {
@@ -300,8 +309,14 @@ fn scrape_loop(
                         "fivetuple exporter: the {} network namespace is now {to} (was {from}); watching the new one, rates start over",
                         follower.target()
                     );
-                    registry =
-                        self::registry(reader, top_k, all_netns, stats.clone(), bpf.as_ref());
+                    registry = self::registry(
+                        reader,
+                        top_k,
+                        all_netns,
+                        bound_inactive,
+                        stats.clone(),
+                        bpf.as_ref(),
+                    );
                 } else if gone {
                     eprintln!(
                         "fivetuple exporter: the {} network namespace is back ({}); collectors read it again",
@@ -392,6 +407,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
     let target = args.table.target();
     let reader = args.table.reader();
     let all_netns = args.table.all_netns;
+    let bound_inactive = args.table.bound_inactive();
     if all_netns {
         args.table.check_all_netns()?;
     }
@@ -449,7 +465,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> Result<u8> {
                 runway,
                 reader,
                 top_k,
-                all_netns,
+                (all_netns, bound_inactive),
                 thread_stats,
                 bpf,
             );

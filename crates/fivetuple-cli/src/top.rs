@@ -99,6 +99,7 @@ pub fn run(args: Args) -> Result<u8> {
     let (tx, rx) = mpsc::sync_channel::<Result<View, String>>(1);
     let scan_target = target.clone();
     let all_netns = args.table.all_netns;
+    let bound_inactive = args.table.bound_inactive();
     if all_netns {
         args.table.check_all_netns()?;
     }
@@ -106,7 +107,7 @@ pub fn run(args: Args) -> Result<u8> {
         .name("fivetuple-top-scan".into())
         .spawn(move || {
             if all_netns {
-                return node_scan_loop(reader, thresholds, tx);
+                return node_scan_loop(reader, bound_inactive, thresholds, tx);
             }
             let errors = tx.clone();
             let r = netns::run_in(&scan_target, move || scan_loop(reader, thresholds, tx));
@@ -150,6 +151,7 @@ fn scan_loop(reader: Reader, thresholds: Thresholds, tx: mpsc::SyncSender<Result
 /// (or as fast as a scan of the node allows), each against its own history.
 fn node_scan_loop(
     reader: Reader,
+    bound_inactive: bool,
     thresholds: Thresholds,
     tx: mpsc::SyncSender<Result<View, String>>,
 ) {
@@ -158,7 +160,13 @@ fn node_scan_loop(
         let started = Instant::now();
         let view = node::discover()
             .map(|d| {
-                let scan = node::scan_all(d.namespaces, reader, node::default_workers(), |_, s| s);
+                let scan = node::scan_all(
+                    d.namespaces,
+                    reader,
+                    bound_inactive,
+                    node::default_workers(),
+                    |_, s| s,
+                );
                 let live: HashSet<u64> = scan.scanned.iter().map(|(ns, _)| ns.inode).collect();
                 histories.retain(|inode, _| live.contains(inode));
                 let at = Instant::now();

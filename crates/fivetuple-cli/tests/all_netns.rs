@@ -565,3 +565,88 @@ fn netns_root_doctor_all_netns_advises_tcp_child_ehash_entries_when_many_pods_sh
         "{node_section}"
     );
 }
+
+/// Ports held by `bind()` count with `--all-netns` as in one namespace: a
+/// pod with 85 TIME_WAIT sockets toward the service and 10 sockets bound
+/// but never connected has 90 usable ports left for the service, 94% used,
+/// critical. `--skip-bound-inactive` trades that for speed and says so:
+/// capacity 100, 85%, and the report names what was skipped.
+#[test]
+fn netns_root_doctor_all_netns_counts_ports_held_by_bind_unless_skipped() {
+    let test = "netns_root_doctor_all_netns_counts_ports_held_by_bind_unless_skipped";
+    if !have_node_tools(test) {
+        return;
+    }
+    let mut node = Node::new("bound");
+    node.add_pod(PodSpec {
+        range_len: 100,
+        time_wait: 85,
+        established: 1,
+    });
+    node.settle();
+    let pod = &node.pods[0];
+    let (lo, hi) = pod.range;
+    // Ten sockets bound to port 0 in the pod: the kernel picks their ports
+    // from the pod's range, and they stay bound (never connected).
+    let bound = fivetuple_testkit::pods::in_named_netns(&pod.name, move || {
+        (0..10)
+            .map(|_| fivetuple_testkit::bind_only("127.0.0.1:0".parse().unwrap()))
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        bound.iter().all(|(_, a)| (lo..=hi).contains(&a.port())),
+        "bound ports outside the pod's range"
+    );
+    let service: SocketAddr = SERVICE.parse().unwrap();
+    let pod_of = |doc: &Value| -> Value {
+        doc["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["netns"]["pod_uid"].as_str() == Some(pod.uid.as_str()))
+            .unwrap_or_else(|| panic!("no namespace for the pod: {doc:#}"))
+            .clone()
+    };
+
+    let out = doctor(&["--all-netns", "--json", "--interval", "0", "--top", "0"]);
+    let doc = json_of(&out);
+    assert_eq!(doc["bound_inactive"], true);
+    let ns = pod_of(&doc);
+    let d = destination(&ns, service).unwrap_or_else(|| panic!("{ns:#}"));
+    assert_eq!(d["capacity"], 90, "{d:#}");
+    assert_eq!(ns["totals"]["bound_unconnected"], 10, "{ns:#}");
+    assert_eq!(ns["status"], "critical", "85 + 10 of 100 ports: {ns:#}");
+    assert!(
+        ns["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "bind_before_connect"),
+        "{ns:#}"
+    );
+
+    let out = doctor(&[
+        "--all-netns",
+        "--json",
+        "--interval",
+        "0",
+        "--top",
+        "0",
+        "--skip-bound-inactive",
+    ]);
+    let doc = json_of(&out);
+    assert_eq!(doc["bound_inactive"], false);
+    let ns = pod_of(&doc);
+    let d = destination(&ns, service).unwrap_or_else(|| panic!("{ns:#}"));
+    assert_eq!(d["capacity"], 100, "{d:#}");
+    assert_eq!(ns["totals"]["bound_unconnected"], 0, "{ns:#}");
+    assert_ne!(ns["status"], "critical", "{ns:#}");
+    let text = doctor(&["--all-netns", "--interval", "0", "--skip-bound-inactive"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains("--skip-bound-inactive: sockets that called bind()"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    drop(bound);
+}

@@ -47,7 +47,7 @@ const RSS_WORKERS: usize = 2;
 /// destinations, vanished, failed).
 fn full_scan(workers: usize) -> (usize, usize, usize, usize, usize) {
     let d = node::discover().expect("discover");
-    let r = node::scan_all(d.namespaces, Reader::Netlink, workers, |_, snap| {
+    let r = node::scan_all(d.namespaces, Reader::Netlink, false, workers, |_, snap| {
         let a = model::analyze(None, &snap, None, Thresholds::default());
         (snap.sockets.len(), a.destinations.len())
     });
@@ -342,7 +342,7 @@ fn measure(n: usize, host: u64, child_ehash: Option<&str>) -> (Vec<Row>, f64, St
     if thorough {
         let d = node::discover().expect("discover");
         time("`scan_all` without grouping, 1 worker".into(), &mut || {
-            let r = node::scan_all(d.namespaces.clone(), Reader::Netlink, 1, |_, s| {
+            let r = node::scan_all(d.namespaces.clone(), Reader::Netlink, false, 1, |_, s| {
                 s.sockets.len()
             });
             r.scanned.iter().map(|(_, n)| n).sum()

@@ -355,16 +355,22 @@ pub struct NodeScan<T> {
 ///
 /// Each worker is a thread of its own that enters namespace after
 /// namespace with `setns()` (no thread per namespace; the caller's threads
-/// never move), so `f` runs inside the namespace just scanned: it must
-/// not read anything namespace-dependent of its own.
+/// never move), so `f` runs inside the namespace just scanned, and may
+/// read more of it there (the exporter reads the NAT view so).
 ///
-/// The tables leave out bound-inactive sockets (`bind()` without
-/// `listen()` or `connect()`, Linux 6.8+), which [`scan`] of one namespace
-/// includes: asking for them makes the kernel walk the bind hash that all
-/// namespaces share, once per namespace, and on 200 namespaces × 500
-/// sockets that walk was most of the scan's time
-/// ([`crate::netlink::read_without_bound_inactive`]).
-pub fn scan_all<T, F>(namespaces: Vec<Netns>, reader: Reader, workers: usize, f: F) -> NodeScan<T>
+/// `bound_inactive`: whether the tables include bound-inactive sockets
+/// (`bind()` without `listen()` or `connect()`, Linux 6.8+), as [`scan`] of
+/// one namespace always does. Asking for them makes the kernel walk the
+/// bind hash that all namespaces share, once per namespace: on 200
+/// namespaces × 500 sockets that walk was most of the scan's time
+/// ([`crate::netlink::read_without_bound_inactive`], docs/BENCHMARKS.md).
+pub fn scan_all<T, F>(
+    namespaces: Vec<Netns>,
+    reader: Reader,
+    bound_inactive: bool,
+    workers: usize,
+    f: F,
+) -> NodeScan<T>
 where
     T: Send,
     F: Fn(&Netns, Snapshot) -> T + Sync,
@@ -383,7 +389,7 @@ where
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(ns) = namespaces.get(i) else { break };
-                let outcome = match scan_here(ns, reader, false) {
+                let outcome = match scan_here(ns, reader, bound_inactive) {
                     Ok(Some(snap)) => Outcome::Scanned(f(ns, snap)),
                     Ok(None) => Outcome::Vanished,
                     Err(e) => Outcome::Failed(e),
@@ -429,6 +435,8 @@ pub struct NodeOptions {
     pub reader: Reader,
     /// Namespaces scanned at a time (at least 1).
     pub workers: usize,
+    /// Include bound-inactive sockets (see [`scan_all`]).
+    pub bound_inactive: bool,
     /// Time between the two scans that measure rates; zero for one scan.
     pub interval: std::time::Duration,
     /// Warning and critical thresholds.
@@ -470,7 +478,13 @@ pub fn analyze_node(namespaces: Vec<Netns>, opts: &NodeOptions) -> NodeScan<Name
     let before: HashMap<u64, Snapshot> = if opts.interval.is_zero() {
         HashMap::new()
     } else {
-        let first = scan_all(namespaces.clone(), opts.reader, opts.workers, |_, s| s);
+        let first = scan_all(
+            namespaces.clone(),
+            opts.reader,
+            opts.bound_inactive,
+            opts.workers,
+            |_, s| s,
+        );
         std::thread::sleep(opts.interval);
         first
             .scanned
@@ -478,7 +492,13 @@ pub fn analyze_node(namespaces: Vec<Netns>, opts: &NodeOptions) -> NodeScan<Name
             .map(|(ns, s)| (ns.inode, s))
             .collect()
     };
-    let now = scan_all(namespaces, opts.reader, opts.workers, |_, s| s);
+    let now = scan_all(
+        namespaces,
+        opts.reader,
+        opts.bound_inactive,
+        opts.workers,
+        |_, s| s,
+    );
     let owners = opts.processes.then(|| {
         let mut wanted = HashSet::new();
         for (_, snap) in &now.scanned {

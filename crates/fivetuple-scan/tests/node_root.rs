@@ -116,7 +116,7 @@ fn node_root_pods_are_discovered_with_identity_and_scanned_like_ss() {
     let last = ours.last().unwrap().inode;
     let victim_at = node.pods.iter().position(|p| p.inode == last).unwrap();
     let victim = Mutex::new(Some(node.pods.remove(victim_at)));
-    let result = node::scan_all(ours, Reader::Netlink, 1, |ns, snap| {
+    let result = node::scan_all(ours, Reader::Netlink, false, 1, |ns, snap| {
         // Deleting the pod: kill its process, close its sockets, delete the name.
         drop(victim.lock().unwrap().take());
         let a = model::analyze(None, &snap, None, Thresholds::default());
@@ -190,6 +190,7 @@ fn node_root_pods_are_discovered_with_identity_and_scanned_like_ss() {
     let opts = node::NodeOptions {
         reader: Reader::Auto,
         workers: 2,
+        bound_inactive: true,
         interval: Duration::from_millis(200),
         thresholds: Thresholds::default(),
         processes: true,

@@ -10,6 +10,7 @@ fn config(interval: Duration, top: usize) -> Config {
     Config {
         json: true,
         all_netns: false,
+        bound_inactive: false,
         target: Target::Current,
         top,
         thresholds: Thresholds::default(),

@@ -91,6 +91,7 @@ pub(super) fn run(cfg: &Config, out: &mut dyn Write) -> Result<u8> {
     let opts = NodeOptions {
         reader: cfg.reader,
         workers: node::default_workers(),
+        bound_inactive: cfg.bound_inactive,
         interval: cfg.interval,
         thresholds: cfg.thresholds,
         processes: cfg.processes,
@@ -238,6 +239,12 @@ fn write_report(out: &mut dyn Write, cfg: &Config, node: &NodeReport) -> Result<
         scan.failed.len(),
         rate_note(cfg)
     )?;
+    if !cfg.bound_inactive {
+        writeln!(
+            out,
+            "--skip-bound-inactive: sockets that called bind() but neither connect() nor listen() were not read, so capacities read high by the ports they hold"
+        )?;
+    }
     if !scan.scanned.is_empty() {
         writeln!(out, "\nNamespaces, worst utilization first")?;
         writeln!(
@@ -336,6 +343,8 @@ struct JsonNode<'a> {
     vanished: Vec<JsonNetns<'a>>,
     failed: Vec<JsonFailed<'a>>,
     processes_denied: usize,
+    /// Whether bound-inactive sockets were read (false with `--skip-bound-inactive`).
+    bound_inactive: bool,
     node_findings: &'a [Finding],
 }
 
@@ -427,6 +436,7 @@ fn write_json(out: &mut dyn Write, cfg: &Config, node: &NodeReport) -> Result<()
             })
             .collect(),
         processes_denied: node.denied,
+        bound_inactive: cfg.bound_inactive,
         node_findings: node.findings,
     };
     serde_json::to_writer_pretty(&mut *out, &doc)?;

@@ -44,6 +44,7 @@ pub fn netns_labels(ns: &Netns) -> Labels {
 /// Exports every namespace of the node.
 pub struct NodeCollector {
     reader: Reader,
+    bound_inactive: bool,
     workers: usize,
     top_k: usize,
     histories: Mutex<HashMap<u64, History>>,
@@ -56,10 +57,20 @@ pub struct NodeCollector {
 
 impl NodeCollector {
     /// A collector scanning `workers` namespaces at a time and keeping
-    /// `top_k` destinations; with `nat`, also the NAT view of each namespace.
-    pub fn new(reader: Reader, workers: usize, top_k: usize, nat: bool, log: Arc<RunLog>) -> Self {
+    /// `top_k` destinations; with `nat`, also the NAT view of each namespace;
+    /// with `bound_inactive`, bound-inactive sockets too
+    /// ([`node::scan_all`]).
+    pub fn new(
+        reader: Reader,
+        bound_inactive: bool,
+        workers: usize,
+        top_k: usize,
+        nat: bool,
+        log: Arc<RunLog>,
+    ) -> Self {
         NodeCollector {
             reader,
+            bound_inactive,
             workers,
             top_k,
             histories: Mutex::new(HashMap::new()),
@@ -100,11 +111,19 @@ impl Collector for NodeCollector {
             }
         };
         let with_nat = self.nat.is_some();
-        // The NAT view: a second entry into each namespace, on the same worker.
-        let scan = node::scan_all(discovery.namespaces, self.reader, self.workers, |ns, s| {
-            let nat = with_nat.then(|| node::run_in(ns, || Ok(fivetuple_scan::nat::scan())));
-            (s, nat)
-        });
+        // The NAT view is read on the worker, still inside the namespace
+        // whose table it just read (no second entry).
+        let scan = node::scan_all(
+            discovery.namespaces,
+            self.reader,
+            self.bound_inactive,
+            self.workers,
+            |_, s| {
+                let nat = with_nat
+                    .then(|| Ok::<_, fivetuple_scan::ScanError>(Some(fivetuple_scan::nat::scan())));
+                (s, nat)
+            },
+        );
         self.vanished
             .fetch_add(scan.vanished.len() as u64, Ordering::Relaxed);
         self.failed
