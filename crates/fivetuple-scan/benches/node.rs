@@ -43,14 +43,21 @@ const WORKERS: [usize; 2] = [1, 2];
 const CHILD_EHASH: &str = "1024";
 const RSS_WORKERS: usize = 2;
 
-/// One full scan with grouping; returns (namespaces scanned, sockets seen,
-/// destinations, vanished, failed).
-fn full_scan(workers: usize) -> (usize, usize, usize, usize, usize) {
+/// One full scan with grouping, with or without the bound-inactive
+/// sockets (`--skip-bound-inactive`); returns (namespaces scanned, sockets
+/// seen, destinations, vanished, failed).
+fn full_scan(workers: usize, bound_inactive: bool) -> (usize, usize, usize, usize, usize) {
     let d = node::discover().expect("discover");
-    let r = node::scan_all(d.namespaces, Reader::Netlink, false, workers, |_, snap| {
-        let a = model::analyze(None, &snap, None, Thresholds::default());
-        (snap.sockets.len(), a.destinations.len())
-    });
+    let r = node::scan_all(
+        d.namespaces,
+        Reader::Netlink,
+        bound_inactive,
+        workers,
+        |_, snap| {
+            let a = model::analyze(None, &snap, None, Thresholds::default());
+            (snap.sockets.len(), a.destinations.len())
+        },
+    );
     for (ns, e) in r.failed.iter().take(3) {
         eprintln!("namespace {} failed: {e}", ns.inode);
     }
@@ -327,11 +334,20 @@ fn measure(n: usize, host: u64, child_ehash: Option<&str>) -> (Vec<Row>, f64, St
         lines
     });
     for w in WORKERS.into_iter().filter(|&w| thorough || w == 2) {
-        time(format!("full scan + grouping, {w} worker(s)"), &mut || {
-            // Other programs' namespaces may come and go (vanished, failed):
-            // the socket count checks ours.
-            full_scan(w).1
-        });
+        time(
+            format!("full scan + grouping, --skip-bound-inactive, {w} worker(s)"),
+            &mut || {
+                // Other programs' namespaces may come and go (vanished, failed):
+                // the socket count checks ours.
+                full_scan(w, false).1
+            },
+        );
+    }
+    for w in WORKERS.into_iter().filter(|&w| w == 2) {
+        time(
+            format!("full scan + grouping, default (bound-inactive read), {w} worker(s)"),
+            &mut || full_scan(w, true).1,
+        );
     }
     for w in WORKERS.into_iter().filter(|_| thorough) {
         time(
@@ -370,7 +386,7 @@ fn measure(n: usize, host: u64, child_ehash: Option<&str>) -> (Vec<Row>, f64, St
 fn main() {
     if std::env::args().any(|a| a == "--child-scan") {
         let workers = std::env::var("FT_WORKERS").unwrap().parse().unwrap();
-        let (_, sockets, ..) = full_scan(workers);
+        let (_, sockets, ..) = full_scan(workers, false);
         println!("{} {sockets}", vm_hwm_kib());
         return;
     }
