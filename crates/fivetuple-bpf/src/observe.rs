@@ -604,18 +604,9 @@ pub fn load(options: Options) -> Result<Observer, Error> {
 }
 
 fn program_error(name: &str, e: aya::programs::ProgramError) -> Error {
-    if let aya::programs::ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = &e
-    {
-        // An old kernel (before 5.11) lacks the storage helpers for tracing programs.
-        if let Some(missing) = probe::missing_helper(&verifier_log.to_string()) {
-            return Error::Missing(MissingList(vec![missing]));
-        }
-        if io_error.raw_os_error() == Some(libc::EPERM) {
-            return Error::Missing(MissingList(vec![Missing::CapBpf, Missing::CapPerfmon]));
-        }
+    // An old kernel (before 5.11) lacks the storage helpers for tracing programs.
+    if let Some(missing) = probe::load_refusal(&e, &[Missing::CapBpf, Missing::CapPerfmon]) {
+        return Error::Missing(missing);
     }
     Error::io(format!("loading the BPF program {name}"), e)
 }

@@ -601,17 +601,8 @@ fn classify_load_error(e: aya::EbpfError) -> Error {
 }
 
 fn classify_program_error(name: &str, e: aya::programs::ProgramError) -> Error {
-    if let aya::programs::ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = &e
-    {
-        if let Some(missing) = probe::missing_helper(&verifier_log.to_string()) {
-            return Error::Missing(MissingList(vec![missing]));
-        }
-        if io_error.raw_os_error() == Some(libc::EPERM) {
-            return Error::Missing(MissingList(vec![Missing::CapBpf]));
-        }
+    if let Some(missing) = probe::load_refusal(&e, &[Missing::CapBpf]) {
+        return Error::Missing(missing);
     }
     Error::io(format!("loading the BPF program {name}"), e)
 }

@@ -145,6 +145,30 @@ pub fn missing_helper(verifier_log: &str) -> Option<Missing> {
     })
 }
 
+/// What a refused program load says is missing: the helper the verifier's
+/// log names (an old kernel, or one that does not offer it to this program
+/// type), or, when the kernel answered EPERM, the capabilities `on_eperm`.
+/// `None` for any other failure.
+pub(crate) fn load_refusal(
+    e: &aya::programs::ProgramError,
+    on_eperm: &[Missing],
+) -> Option<MissingList> {
+    let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = e
+    else {
+        return None;
+    };
+    if let Some(missing) = missing_helper(&verifier_log.to_string()) {
+        return Some(MissingList(vec![missing]));
+    }
+    if io_error.raw_os_error() == Some(libc::EPERM) {
+        return Some(MissingList(on_eperm.to_vec()));
+    }
+    None
+}
+
 /// Where the cgroup v2 (unified) hierarchy is mounted, from
 /// `/proc/self/mountinfo`: `/sys/fs/cgroup` on pure v2 hosts,
 /// `/sys/fs/cgroup/unified` on hybrid ones. `None` when not mounted.
