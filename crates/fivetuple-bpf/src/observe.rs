@@ -628,11 +628,21 @@ fn boot_offset() -> Duration {
 }
 
 impl Observer {
+    /// The map `name` of the loaded object, opened as `M`.
+    fn map<'a, M>(&'a self, name: &str) -> Result<M, Error>
+    where
+        M: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("{name} in the object"));
+        M::try_from(map).map_err(|e| Error::io(format!("opening {name}"), e))
+    }
+
     /// The counts per flow so far (summed over CPUs).
     pub fn counts(&self) -> Result<Vec<(Flow, Counts)>, Error> {
-        let map: PerCpuHashMap<_, RawKey, RawCounts> =
-            PerCpuHashMap::try_from(self.ebpf.map("ft_counts").expect("ft_counts in the object"))
-                .map_err(|e| Error::io("opening ft_counts", e))?;
+        let map: PerCpuHashMap<_, RawKey, RawCounts> = self.map("ft_counts")?;
         let mut out = Vec::new();
         for entry in map.iter() {
             let (k, per_cpu) = entry.map_err(|e| Error::io("reading ft_counts", e))?;
@@ -650,12 +660,7 @@ impl Observer {
 
     /// The exhaustion failures so far.
     pub fn failures(&self) -> Result<Vec<Failures>, Error> {
-        let map: BpfHashMap<_, RawKey, u64> = BpfHashMap::try_from(
-            self.ebpf
-                .map("ft_failures")
-                .expect("ft_failures in the object"),
-        )
-        .map_err(|e| Error::io("opening ft_failures", e))?;
+        let map: BpfHashMap<_, RawKey, u64> = self.map("ft_failures")?;
         let mut out = Vec::new();
         for entry in map.iter() {
             let (k, count) = entry.map_err(|e| Error::io("reading ft_failures", e))?;
@@ -678,12 +683,7 @@ impl Observer {
     /// some listed may have expired: join with the socket table). Empty
     /// when loaded with [`Options::time_wait_owners`] off.
     pub fn time_wait_owners(&self) -> Result<Vec<TimeWaitOwner>, Error> {
-        let map: BpfHashMap<_, RawTuple, RawOwner> = BpfHashMap::try_from(
-            self.ebpf
-                .map("ft_tw_owner")
-                .expect("ft_tw_owner in the object"),
-        )
-        .map_err(|e| Error::io("opening ft_tw_owner", e))?;
+        let map: BpfHashMap<_, RawTuple, RawOwner> = self.map("ft_tw_owner")?;
         let mut out = Vec::new();
         for entry in map.iter() {
             let (t, o) = entry.map_err(|e| Error::io("reading ft_tw_owner", e))?;
@@ -700,9 +700,7 @@ impl Observer {
 
     /// What was dropped or unowned so far, summed over CPUs.
     pub fn drops(&self) -> Result<Drops, Error> {
-        let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("ft_drops").expect("ft_drops in the object"))
-                .map_err(|e| Error::io("opening ft_drops", e))?;
+        let array: PerCpuArray<_, u64> = self.map("ft_drops")?;
         let mut slots = [0u64; 6];
         for (i, slot) in slots.iter_mut().enumerate() {
             *slot = array
