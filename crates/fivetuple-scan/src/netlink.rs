@@ -153,10 +153,7 @@ pub fn parse_datagram(buf: &[u8], seq: u32, out: &mut Vec<Socket>) -> Result<Pro
                 NLMSG_DONE => return Ok(Progress::Done),
                 NLMSG_ERROR => {
                     let p = msg.payload();
-                    let errno = p
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        .unwrap_or(0);
+                    let errno = nlmsg_errno(p);
                     return Err(ScanError::Netlink {
                         step: "dump",
                         source: io::Error::from_raw_os_error(errno.saturating_abs()),
@@ -179,6 +176,15 @@ pub fn parse_datagram(buf: &[u8], seq: u32, out: &mut Vec<Socket>) -> Result<Pro
         offset = offset.saturating_add(step);
     }
     Ok(Progress::More)
+}
+
+/// The errno an NLMSG_ERROR payload carries (negative, as the kernel writes
+/// it; 0 for an ACK or a payload too short to hold one).
+pub(crate) fn nlmsg_errno(payload: &[u8]) -> i32 {
+    payload
+        .get(..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0)
 }
 
 /// Parses one `struct inet_diag_msg` (include/uapi/linux/inet_diag.h).

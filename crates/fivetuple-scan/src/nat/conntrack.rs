@@ -231,10 +231,7 @@ pub(super) fn walk(
                 NLMSG_DONE => return Ok(Progress::Done),
                 NLMSG_ERROR => {
                     let p = msg.payload();
-                    let errno = p
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        .unwrap_or(0);
+                    let errno = crate::netlink::nlmsg_errno(p);
                     if errno == 0 {
                         // An ACK ends a non-dump request.
                         return Ok(Progress::Done);
