@@ -47,6 +47,27 @@ impl Drop for NamedNetns {
 struct Tmux(String);
 
 impl Tmux {
+    /// Starts the detached session "top" of `cols` x `rows` running `shell`,
+    /// and asserts tmux accepted it.
+    fn start(&self, cols: &str, rows: &str, shell: &str) {
+        let out = self.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            cols,
+            "-y",
+            rows,
+            shell,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn cmd(&self, args: &[&str]) -> Output {
         Command::new("tmux")
             .args(["-L", &self.0])
@@ -99,22 +120,7 @@ fn netns_root_top_shows_the_busy_destination_and_quits_on_q() {
         dir.join("stderr").display(),
         rc_file.display()
     );
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "top",
-        "-x",
-        "160",
-        "-y",
-        "30",
-        &shell,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tmux.start("160", "30", &shell);
 
     // Bounded wait for a refresh that shows the destination.
     let want = "127.0.0.1 -> 127.0.0.1:8080";
@@ -230,22 +236,7 @@ fn netns_root_top_all_netns_has_a_namespace_column_and_filter() {
         dir.join("stderr").display(),
         rc_file.display()
     );
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "top",
-        "-x",
-        "200",
-        "-y",
-        "60",
-        &shell,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tmux.start("200", "60", &shell);
 
     let want = "127.0.0.1 -> 127.0.0.10:8080";
     let screen = wait_screen(&tmux, 20, |s| {

@@ -16,6 +16,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Inside a fresh netns: narrow the ephemeral range to 20 ports (40000-40019)
+/// with no TIME_WAIT reuse, so the client runs out of ports quickly, and start
+/// the upstream (its port lies outside that range).
+fn upstream_with_20_ports() -> (TcpListener, u16) {
+    sysctl("ip_local_port_range", "40000 40019");
+    sysctl("tcp_tw_reuse", "0");
+    upstream()
+}
+
 /// An HTTP upstream that answers once per connection and closes only after
 /// the client has, so the TIME_WAIT stays with the client.
 fn upstream() -> (TcpListener, u16) {
@@ -71,9 +80,7 @@ fn trace_streams_curl_failures_and_stops_on_ctrl_c_root() {
         return;
     }
     in_fresh_netns(|| {
-        sysctl("ip_local_port_range", "40000 40019");
-        sysctl("tcp_tw_reuse", "0");
-        let (_listener, port) = upstream();
+        let (_listener, port) = upstream_with_20_ports();
         let mut trace = Command::new(BIN)
             .args(["trace", "--json"])
             .stdout(Stdio::piped())
@@ -202,9 +209,7 @@ fn exporter_bpf_counts_what_curl_saw_root() {
         return;
     }
     in_fresh_netns(|| {
-        sysctl("ip_local_port_range", "40000 40019");
-        sysctl("tcp_tw_reuse", "0");
-        let (_listener, port) = upstream();
+        let (_listener, port) = upstream_with_20_ports();
         let listen = "127.0.0.1:18099"; // outside the port range
         let mut exporter = Command::new(BIN)
             .args(["exporter", "--bpf", "--listen", listen])
@@ -305,9 +310,7 @@ fn doctor_names_time_wait_owners_and_failures_from_bpf_root() {
         return;
     }
     in_fresh_netns(|| {
-        sysctl("ip_local_port_range", "40000 40019");
-        sysctl("tcp_tw_reuse", "0");
-        let (_listener, port) = upstream();
+        let (_listener, port) = upstream_with_20_ports();
         let doctor = Command::new(BIN)
             .args(["doctor", "--json", "--interval", "10s"])
             .stdout(Stdio::piped())
