@@ -1,22 +1,28 @@
-//! Observer overhead benchmark (docs/BENCHMARKS.md, "fivetuple trace / BPF
-//! observer").
+//! Observer overhead benchmark (docs/BENCHMARKS.md, "BPF observer").
 //!
-//! In a fresh network namespace (loopback, port range 1024-65535, the
-//! default `tcp_tw_reuse=2`), one thread connects and closes first as fast
-//! as it can to 4 local listeners (a second thread accepts, reads to EOF
-//! and closes), in paired rounds: without the observer, then with it
-//! loaded (netns-filtered to this namespace, failure events on; with and
-//! without the TIME_WAIT owner map, and without the syscall tracepoints), the order
-//! swapped every pair so drift hits both sides. Reports connects/s and
-//! process CPU (user+sys, both ends of each connection) per connect, the
-//! median of the paired ratios, the time spent inside the programs (least
-//! and median of 5 rounds with BPF_ENABLE_STATS), the
+//! Every round runs in a network namespace of its own (loopback, the
+//! default port range and `tcp_tw_reuse`), so each starts from an empty
+//! socket table: the TIME_WAIT sockets of earlier rounds would otherwise
+//! make the port search slower round after round (the kernel scans past
+//! them), which swamped the observer's cost in earlier versions of this
+//! bench. One thread connects and closes first, to 4 listeners (a thread
+//! per listener accepts, reads to EOF and closes); the whole process is
+//! pinned to one CPU, so a round's CPU time is its wall time and no
+//! cross-CPU wakeup adds noise. Rounds are paired, without the observer
+//! and with it (netns-filtered to the round's namespace, failure events
+//! on), the order swapped every pair, per mode (doctor's with TIME_WAIT
+//! owners; the exporter's and trace's without; the state tracepoint
+//! alone). Reports connects/s and process CPU (user+sys, both ends of
+//! each connection) per connect: the median of the paired ratios, their
+//! quartiles, and the ratio of the summed CPU. Then the time spent inside
+//! the programs (least and median of 5 rounds with BPF_ENABLE_STATS), the
 //! kernel memory of the maps as loaded, and the memory the socket-local
 //! owner storage adds at 100,000 tracked sockets (FT_BENCH_TRACKED): the
-//! growth of `SUnreclaim` while children hold that many connecting sockets,
-//! with the observer minus without. Needs root.
+//! growth of `SUnreclaim` while children hold that many connecting
+//! sockets, with the observer minus without. Needs root.
 //! Run with `cargo bench -p fivetuple-bpf --bench observe`
-//! (FT_BENCH_CONNECTS per round, default 20000; FT_BENCH_PAIRS, default 8).
+//! (FT_BENCH_CONNECTS per round, default 5000; FT_BENCH_PAIRS, default 24;
+//! FT_BENCH_CPU, the CPU to pin to, default the last one).
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -35,118 +41,191 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn cpu_time() -> Duration {
-    // SAFETY: rusage is plain integers, valid zeroed; getrusage fills it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+/// The calling thread's CPU time. The bench's loop runs on one thread,
+/// and on loopback the kernel's packet processing runs inline on it (as
+/// softirq work charged to the thread), so this covers both ends.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec on the stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-struct Round {
-    rate: f64,
+/// One block: wall and CPU microseconds per connect.
+struct Block {
+    wall_us: f64,
     cpu_us: f64,
 }
 
-fn round(dests: &[SocketAddr], n: usize) -> Round {
-    let (t, c) = (Instant::now(), cpu_time());
-    for i in 0..n {
-        let s = TcpStream::connect(dests[i % dests.len()]).expect("connect");
-        drop(s);
-    }
-    let (elapsed, cpu) = (t.elapsed(), cpu_time() - c);
-    Round {
-        rate: n as f64 / elapsed.as_secs_f64(),
-        cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
-    }
+/// The listeners of a mode's namespace (8, so the TIME_WAIT sockets of a
+/// whole mode fill under a fifth of the 4-tuples, and the port search
+/// stays short).
+const LISTENERS: usize = 8;
+
+/// The first port of the listeners.
+const PORT: u16 = 19001;
+
+/// Connects (attached and detached alike) made before the measured blocks.
+const WARM: usize = 1_000;
+
+/// A namespace's listeners and the connect+close loop, on one thread: on
+/// loopback the handshake completes inside connect() and the FIN inside
+/// close(), so the accept and the read to EOF that follow never wait. With
+/// no context switch per connect there is no scheduler pattern to vary
+/// between blocks.
+struct Loop {
+    listeners: Vec<TcpListener>,
+    dests: Vec<SocketAddr>,
+    next: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// `pairs` pairs of rounds of `n` connects, without and with the observer
-/// (order swapped every pair); prints each pair and the median ratios.
-fn paired(dests: &[SocketAddr], n: usize, pairs: usize, options: &Options) {
-    let (mut rate_ratio, mut cpu_ratio) = (Vec::new(), Vec::new());
-    println!("pair  off conn/s  on conn/s  off CPU/conn  on CPU/conn  (us)");
-    for pair in 0..pairs {
-        let mut off = None;
-        let mut on = None;
-        for attached in if pair % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        } {
-            if attached {
-                let observer = observe::load(options.clone()).unwrap_or_else(|e| panic!("{e:#?}"));
-                let r = round(dests, n);
-                let seen: u64 = observer
-                    .counts()
-                    .unwrap()
-                    .iter()
-                    .map(|(_, c)| c.attempts)
-                    .sum();
-                assert_eq!(
-                    seen, n as u64,
-                    "the observer saw every connect of the round"
-                );
-                on = Some(r);
-            } else {
-                off = Some(round(dests, n));
-            }
+impl Loop {
+    fn new() -> Loop {
+        let listeners: Vec<TcpListener> = (0..LISTENERS as u16)
+            .map(|k| TcpListener::bind(("127.0.0.1", PORT + k)).expect("listen"))
+            .collect();
+        let dests = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        Loop {
+            listeners,
+            dests,
+            next: 0,
         }
-        let (off, on) = (off.unwrap(), on.unwrap());
-        println!(
-            "{pair:>4}  {:>10.0}  {:>9.0}  {:>12.2}  {:>11.2}",
-            off.rate, on.rate, off.cpu_us, on.cpu_us
+    }
+
+    /// `n` connect+close calls, each accepted and read to EOF.
+    fn run(&mut self, n: usize) -> Block {
+        let mut buf = [0u8; 64];
+        let (t, c) = (Instant::now(), thread_cpu());
+        for _ in 0..n {
+            let k = self.next % LISTENERS;
+            self.next += 1;
+            drop(TcpStream::connect(self.dests[k]).expect("connect"));
+            let (mut conn, _) = self.listeners[k].accept().expect("accept");
+            while matches!(conn.read(&mut buf), Ok(k) if k > 0) {}
+        }
+        let (wall, cpu) = (t.elapsed(), thread_cpu() - c);
+        Block {
+            wall_us: wall.as_secs_f64() * 1e6 / n as f64,
+            cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
+        }
+    }
+}
+
+/// The quartiles (lower, median, upper) of `v`.
+fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.5), at(0.75))
+}
+
+/// One mode, in a namespace of its own with the observer loaded once:
+/// `pairs` pairs of adjacent blocks of `block` connects, the programs
+/// detached in one and attached in the other (the order swapped every
+/// pair), so each pair sees the same machine. This VM's CPU speed itself
+/// drifts by ±15% over tens of milliseconds (a fixed arithmetic loop, timed
+/// repeatedly), so only adjacent blocks compare. Prints the pair ratios'
+/// median and quartiles, then the time inside the programs.
+fn paired(block: usize, pairs: usize, options: &Options) {
+    fivetuple_testkit::in_fresh_netns(&[("ip_local_port_range", "1024 65535")], || {
+        let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
+        let mut looped = Loop::new();
+        let mut observer = observe::load(options.clone().netns(Some(netns)))
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        let mut attached_connects = WARM;
+        looped.run(WARM);
+        observer.detach().unwrap();
+        looped.run(WARM);
+        let (mut wall_ratio, mut cpu_ratio) = (Vec::new(), Vec::new());
+        let (mut cpu_off, mut cpu_on) = (0.0, 0.0);
+        let mut toggle = Duration::ZERO;
+        for pair in 0..pairs {
+            let (mut off, mut on) = (None, None);
+            for attached in if pair % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            } {
+                let t = Instant::now();
+                if attached {
+                    observer.attach().unwrap();
+                    attached_connects += block;
+                    on = Some(looped.run(block));
+                } else {
+                    observer.detach().unwrap();
+                    off = Some(looped.run(block));
+                }
+                toggle += t.elapsed();
+            }
+            let (off, on) = (off.unwrap(), on.unwrap());
+            wall_ratio.push(off.wall_us / on.wall_us);
+            cpu_ratio.push(on.cpu_us / off.cpu_us);
+            cpu_off += off.cpu_us;
+            cpu_on += on.cpu_us;
+        }
+        observer.detach().unwrap();
+        let seen: u64 = observer
+            .counts()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.attempts)
+            .sum();
+        assert_eq!(
+            seen, attached_connects as u64,
+            "the observer counted every connect made while attached, and none other"
         );
-        rate_ratio.push(on.rate / off.rate);
-        cpu_ratio.push(on.cpu_us / off.cpu_us);
-    }
-    println!(
-        "median attached/detached: connects/s {:.3}, CPU per connect {:.3} ({n} connects per round, {pairs} pairs)",
-        median(rate_ratio),
-        median(cpu_ratio),
-    );
-    // STATS_ROUNDS more attached rounds with the kernel's run-time
-    // statistics on (not during the pairs: the statistics cost two clock
-    // reads per run). A program preempted by other load keeps its clock
-    // running, so the least loaded round (the minimum) is the closest to
-    // the programs' own cost; the median is printed beside it.
-    let mut per_round = Vec::new();
-    for _ in 0..STATS_ROUNDS {
-        let observer = observe::load(options.clone()).unwrap_or_else(|e| panic!("{e:#?}"));
-        let stats = observe::enable_run_time_stats().expect("BPF_ENABLE_STATS");
-        round(dests, n);
-        drop(stats);
-        let programs = observer.program_stats().unwrap();
-        let spent: Duration = programs.iter().map(|p| p.run_time).sum();
-        per_round.push((spent.as_nanos() as f64 / n as f64, programs));
-    }
-    per_round.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
-    let all: Vec<String> = per_round.iter().map(|(ns, _)| format!("{ns:.0}")).collect();
-    let (least, programs) = &per_round[0];
-    let runs: Vec<String> = programs
-        .iter()
-        .filter(|p| p.runs > 0)
-        .map(|p| {
-            format!(
-                "{} {:.2} runs {:.0} ns",
-                p.name,
-                p.runs as f64 / n as f64,
-                p.run_time.as_nanos() as f64 / n as f64
-            )
-        })
-        .collect();
-    println!(
-        "time inside the BPF programs per connect (both ends), {STATS_ROUNDS} rounds: least {least:.0} ns ({}), median {:.0} ns; all rounds: {} ns\n",
-        runs.join("; "),
-        per_round[per_round.len() / 2].0,
-        all.join(", ")
-    );
+        let (r25, r50, r75) = quartiles(wall_ratio);
+        let (c25, c50, c75) = quartiles(cpu_ratio);
+        println!(
+            "attached/detached over {pairs} pairs of blocks of {block} connects: connects/s {r50:.3} [quartiles {r25:.3}, {r75:.3}], CPU per connect {c50:.3} [{c25:.3}, {c75:.3}]; summed CPU {:.3}; detached {:.1} us CPU per connect (mean); blocks with their attach/detach took {:.1} s",
+            cpu_on / cpu_off,
+            cpu_off / pairs as f64,
+            toggle.as_secs_f64()
+        );
+        // STATS_ROUNDS attached blocks of 4 × `block` with the kernel's
+        // run-time statistics on (not during the pairs: the statistics cost
+        // two clock reads per run). The least is the closest to the
+        // programs' own cost; the median is printed beside it.
+        observer.attach().unwrap();
+        let n = 4 * block;
+        let mut per_round = Vec::new();
+        for _ in 0..STATS_ROUNDS {
+            let stats = observe::enable_run_time_stats().expect("BPF_ENABLE_STATS");
+            let before = observer.program_stats().unwrap();
+            looped.run(n);
+            let after = observer.program_stats().unwrap();
+            drop(stats);
+            let programs: Vec<(String, u64, Duration)> = after
+                .into_iter()
+                .zip(before)
+                .map(|(a, b)| (a.name, a.runs - b.runs, a.run_time - b.run_time))
+                .collect();
+            let spent: Duration = programs.iter().map(|p| p.2).sum();
+            per_round.push((spent.as_nanos() as f64 / n as f64, programs));
+        }
+        per_round.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        let all: Vec<String> = per_round.iter().map(|(ns, _)| format!("{ns:.0}")).collect();
+        let (least, programs) = &per_round[0];
+        let runs: Vec<String> = programs
+            .iter()
+            .filter(|p| p.1 > 0)
+            .map(|(name, runs, time)| {
+                format!(
+                    "{name} {:.2} runs {:.0} ns",
+                    *runs as f64 / n as f64,
+                    time.as_nanos() as f64 / n as f64
+                )
+            })
+            .collect();
+        println!(
+            "time inside the BPF programs per connect (both ends), {STATS_ROUNDS} blocks of {n}: least {least:.0} ns ({}), median {:.0} ns; all: {} ns\n",
+            runs.join("; "),
+            per_round[per_round.len() / 2].0,
+            all.join(", ")
+        );
+    });
 }
 
 /// Rounds with BPF run-time statistics on, per mode.
@@ -216,6 +295,19 @@ fn unreclaimable_delta(n: usize) -> u64 {
     after.saturating_sub(before)
 }
 
+/// Pins the calling thread, and so every thread it starts afterwards, to
+/// `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is a plain bit set, valid zeroed; CPU_SET and
+    // sched_setaffinity only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+        assert_eq!(rc, 0, "pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn main() {
     if let Ok(n) = std::env::var("FT_BENCH_CHILD") {
         return child(n.parse().expect("FT_BENCH_CHILD is a count"));
@@ -225,53 +317,51 @@ fn main() {
         eprintln!("the observe benchmark needs root (a namespace, CAP_BPF, CAP_PERFMON)");
         return;
     }
-    let n = env_or("FT_BENCH_CONNECTS", 20_000);
-    let pairs = env_or("FT_BENCH_PAIRS", 8);
-    fivetuple_testkit::in_fresh_netns(&[("ip_local_port_range", "1024 65535")], || {
-        let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
-        let mut dests = Vec::new();
-        for port in 19001..=19004 {
-            let l = TcpListener::bind(("127.0.0.1", port)).expect("listen");
-            dests.push(l.local_addr().unwrap());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                for conn in l.incoming() {
-                    let mut conn = conn.expect("accept");
-                    while matches!(conn.read(&mut buf), Ok(k) if k > 0) {}
-                }
-            });
+    let block = env_or("FT_BENCH_BLOCK", 200);
+    let pairs = env_or("FT_BENCH_PAIRS", 150);
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cpu = env_or("FT_BENCH_CPU", cpus - 1);
+    pin_to(cpu);
+    println!("pinned to CPU {cpu}; {pairs} pairs of blocks of {block} connects per mode");
+    // FT_BENCH_MODES: a comma-separated subset of doctor,exporter,state.
+    let modes = std::env::var("FT_BENCH_MODES").unwrap_or_else(|_| "doctor,exporter,state".into());
+    for (mode, label, syscalls, tw_owners) in [
+        (
+            "doctor",
+            "full: state tracepoint and syscall tracepoints, TIME_WAIT owners (doctor)",
+            true,
+            true,
+        ),
+        (
+            "exporter",
+            "as exporter and trace: no TIME_WAIT owners, Options::time_wait_owners(false)",
+            true,
+            false,
+        ),
+        (
+            "state",
+            "state tracepoint only, Options::syscalls(false)",
+            false,
+            true,
+        ),
+    ] {
+        if !modes.split(',').any(|m| m == mode) {
+            continue;
         }
+        println!("observer {label}");
+        let options = Options::default()
+            .syscalls(syscalls)
+            .time_wait_owners(tw_owners);
+        paired(block, pairs, &options);
+    }
+    fivetuple_testkit::in_fresh_netns(&[], || {
+        let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
         // Listeners that never accept, for the tracked-sockets measurement:
         // their queues fill and the connecting sockets stay open (SYN_SENT
         // or, with syncookies, ESTABLISHED on the client side).
         let _idle: Vec<TcpListener> = (19100..19108)
             .map(|p| TcpListener::bind(("127.0.0.1", p)).expect("listen"))
             .collect();
-        round(&dests, 2_000); // warm up
-        for (label, syscalls, tw_owners) in [
-            (
-                "full: state tracepoint and syscall tracepoints, TIME_WAIT owners (doctor)",
-                true,
-                true,
-            ),
-            (
-                "as exporter and trace: no TIME_WAIT owners, Options::time_wait_owners(false)",
-                true,
-                false,
-            ),
-            (
-                "state tracepoint only, Options::syscalls(false)",
-                false,
-                true,
-            ),
-        ] {
-            println!("observer {label}");
-            let options = Options::default()
-                .netns(Some(netns))
-                .syscalls(syscalls)
-                .time_wait_owners(tw_owners);
-            paired(&dests, n, pairs, &options);
-        }
         let observer = observe::load(Options::default().netns(Some(netns))).unwrap();
         let maps = observer.map_memory().unwrap();
         drop(observer);

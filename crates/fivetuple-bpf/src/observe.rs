@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::tp_btf::BtfTracePointLinkId;
+use aya::programs::trace_point::TracePointLinkId;
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
 
@@ -506,7 +508,23 @@ pub struct Observer {
     events: Option<RingBuf<MapData>>,
     boot_offset: Duration,
     options: Options,
+    /// The attachments while attached (see [`Observer::detach`]).
+    links: Option<Links>,
 }
+
+/// The observer's attachments: the state tracepoint's and the syscall
+/// tracepoints' (program name and link).
+struct Links {
+    state: BtfTracePointLinkId,
+    syscalls: Vec<(&'static str, TracePointLinkId)>,
+}
+
+/// The syscall tracepoint programs and their events.
+const SYSCALL_PROGRAMS: [(&str, &str); 3] = [
+    ("ft_exit_connect", "sys_exit_connect"),
+    ("ft_enter_bind", "sys_enter_bind"),
+    ("ft_exit_bind", "sys_exit_bind"),
+];
 
 impl fmt::Debug for Observer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -566,28 +584,15 @@ pub fn load(options: Options) -> Result<Observer, Error> {
     state
         .load("inet_sock_set_state", &btf)
         .map_err(|e| program_error("ft_set_state", e))?;
-    state
-        .attach()
-        .map_err(|e| Error::io("attaching to the tracepoint sock:inet_sock_set_state", e))?;
-    let syscalls: &[(&str, &str)] = if options.syscalls {
-        &[
-            ("ft_exit_connect", "sys_exit_connect"),
-            ("ft_enter_bind", "sys_enter_bind"),
-            ("ft_exit_bind", "sys_exit_bind"),
-        ]
-    } else {
-        &[]
-    };
-    for &(name, event) in syscalls {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .expect("program in the object")
-            .try_into()
-            .map_err(|e| Error::io(format!("{name} is not a tracepoint program"), e))?;
-        program.load().map_err(|e| program_error(name, e))?;
-        program
-            .attach("syscalls", event)
-            .map_err(|e| Error::io(format!("attaching to the tracepoint syscalls:{event}"), e))?;
+    if options.syscalls {
+        for (name, _) in SYSCALL_PROGRAMS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .expect("program in the object")
+                .try_into()
+                .map_err(|e| Error::io(format!("{name} is not a tracepoint program"), e))?;
+            program.load().map_err(|e| program_error(name, e))?;
+        }
     }
     let events = if options.events {
         let map = ebpf.take_map("ft_events").expect("ft_events in the object");
@@ -595,12 +600,15 @@ pub fn load(options: Options) -> Result<Observer, Error> {
     } else {
         None
     };
-    Ok(Observer {
+    let mut observer = Observer {
         ebpf,
         events,
         boot_offset: boot_offset(),
         options,
-    })
+        links: None,
+    };
+    observer.attach()?;
+    Ok(observer)
 }
 
 fn program_error(name: &str, e: aya::programs::ProgramError) -> Error {
@@ -628,6 +636,90 @@ fn boot_offset() -> Duration {
 }
 
 impl Observer {
+    /// Attaches the programs to their tracepoints again after
+    /// [`Observer::detach`] (a no-op when attached). [`load`] attaches them.
+    pub fn attach(&mut self) -> Result<(), Error> {
+        if self.links.is_some() {
+            return Ok(());
+        }
+        let state: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut("ft_set_state")
+            .expect("ft_set_state in the object")
+            .try_into()
+            .map_err(|e| Error::io("ft_set_state is not a BTF tracepoint program", e))?;
+        let state = state
+            .attach()
+            .map_err(|e| Error::io("attaching to the tracepoint sock:inet_sock_set_state", e))?;
+        let mut links = Links {
+            state,
+            syscalls: Vec::new(),
+        };
+        if self.options.syscalls {
+            for (name, event) in SYSCALL_PROGRAMS {
+                let program: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(name)
+                    .expect("program in the object")
+                    .try_into()
+                    .map_err(|e| Error::io(format!("{name} is not a tracepoint program"), e))?;
+                match program.attach("syscalls", event) {
+                    Ok(link) => links.syscalls.push((name, link)),
+                    Err(e) => {
+                        // Leave nothing half attached.
+                        self.links = Some(links);
+                        let _ = self.detach();
+                        return Err(Error::io(
+                            format!("attaching to the tracepoint syscalls:{event}"),
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+        self.links = Some(links);
+        Ok(())
+    }
+
+    /// Detaches every program from its tracepoint, keeping the maps and
+    /// what they hold: the kernel then runs none of the observer's code
+    /// until [`Observer::attach`]. Connections made meanwhile are not
+    /// counted, and those that reach TIME_WAIT after the observer is
+    /// attached again are counted as unowned ([`Drops`]). For sampling, and
+    /// for measuring the observer's cost against none in one process
+    /// (`benches/observe.rs`). A no-op when detached.
+    pub fn detach(&mut self) -> Result<(), Error> {
+        let Some(links) = self.links.take() else {
+            return Ok(());
+        };
+        let state: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut("ft_set_state")
+            .expect("ft_set_state in the object")
+            .try_into()
+            .map_err(|e| Error::io("ft_set_state is not a BTF tracepoint program", e))?;
+        state
+            .detach(links.state)
+            .map_err(|e| Error::io("detaching from sock:inet_sock_set_state", e))?;
+        for (name, link) in links.syscalls {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .expect("program in the object")
+                .try_into()
+                .map_err(|e| Error::io(format!("{name} is not a tracepoint program"), e))?;
+            program
+                .detach(link)
+                .map_err(|e| Error::io(format!("detaching {name}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the programs are attached (see [`Observer::detach`]).
+    pub fn is_attached(&self) -> bool {
+        self.links.is_some()
+    }
+
     /// The map `name` of the loaded object, opened as `M`.
     fn map<'a, M>(&'a self, name: &str) -> Result<M, Error>
     where
