@@ -229,13 +229,15 @@ unsafe impl Pod for RawCounts {}
 struct RawConfig {
     netns: u32,
     flags: u32,
+    tw_ring_mask: u32,
+    pad: u32,
 }
 
 /// `enum ft_obs_config_flags`.
 const CFG_EVENTS: u32 = 1;
 const CFG_SYSCALLS: u32 = 2;
 const CFG_TW_OWNERS: u32 = 4;
-// SAFETY: repr(C), two u32.
+// SAFETY: repr(C), four u32.
 unsafe impl Pod for RawConfig {}
 
 /// Mirrors `struct ft_obs_event` (88 bytes).
@@ -257,16 +259,18 @@ struct RawEvent {
     netns: u32,
 }
 
-/// Mirrors `struct ft_obs_owner`.
+/// Mirrors `struct ft_obs_tw_record`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-struct RawOwner {
-    key: RawKey,
+struct RawTwRecord {
+    tuple: RawTuple,
+    cgroup: u64,
+    comm: [u8; 16],
     tgid: u32,
-    pad: u32,
+    netns: u32,
 }
-// SAFETY: repr(C), a RawKey and two u32, no padding.
-unsafe impl Pod for RawOwner {}
+// SAFETY: repr(C), a RawTuple (40 bytes), a u64, bytes and two u32, no padding.
+unsafe impl Pod for RawTwRecord {}
 
 /// Mirrors `struct ft_obs_tuple`.
 #[repr(C)]
@@ -281,6 +285,16 @@ struct RawTuple {
 }
 // SAFETY: repr(C), byte arrays and u16 in 2-byte slots, no padding.
 unsafe impl Pod for RawTuple {}
+
+/// What [`Observer::time_wait_owners`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TimeWaitOwners {
+    /// One per connection that entered TIME_WAIT, oldest first per CPU.
+    pub owners: Vec<TimeWaitOwner>,
+    /// Records overwritten by newer ones (the rings were full): those
+    /// connections have no owner here.
+    pub overwritten: u64,
+}
 
 /// Who connected the connection now in TIME_WAIT on `local` -> `remote`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -363,6 +377,7 @@ pub struct Options {
     events: bool,
     max_flows: u32,
     max_failures: u32,
+    max_sockets: u32,
     syscalls: bool,
     time_wait_owners: bool,
 }
@@ -374,6 +389,7 @@ impl Default for Options {
             events: true,
             max_flows: 16_384,
             max_failures: 4_096,
+            max_sockets: 131_072,
             syscalls: true,
             time_wait_owners: true,
         }
@@ -401,6 +417,15 @@ impl Options {
         self
     }
 
+    /// Connections the observer can follow at once, from `connect()` to
+    /// close: the entries of its owner map, preallocated (about 100 bytes
+    /// each; 13 MiB at the default 131,072). A connect that finds the map
+    /// full is not counted, and says so in [`Drops::owner_full`].
+    pub fn max_sockets(mut self, n: u32) -> Options {
+        self.max_sockets = n.max(1);
+        self
+    }
+
     /// Attach the syscall tracepoints (`sys_exit_connect`, `sys_{enter,exit}_bind`)
     /// that give failures their errno and catch `bind()`'s `EADDRINUSE`.
     /// Default on. Off, only `sock:inet_sock_set_state` is attached: no
@@ -410,10 +435,11 @@ impl Options {
         self
     }
 
-    /// Keep the owner of each connection that enters TIME_WAIT under its
-    /// 4-tuple, for [`Observer::time_wait_owners`] (an LRU map of 65,536,
-    /// about 10 MiB, and one update per TIME_WAIT). Default on; off,
-    /// `time_wait_owners()` is empty and the counts are unchanged.
+    /// Keep the owner of each connection that enters TIME_WAIT with its
+    /// 4-tuple, for [`Observer::time_wait_owners`]: a ring per CPU of the
+    /// latest records (65,536 in all, at least 1,024 and at most 16,384 per
+    /// CPU, 72 bytes each), one record written per TIME_WAIT. Default on;
+    /// off, `time_wait_owners()` is empty and the counts are unchanged.
     pub fn time_wait_owners(mut self, on: bool) -> Options {
         self.time_wait_owners = on;
         self
@@ -549,6 +575,8 @@ pub fn load(options: Options) -> Result<Observer, Error> {
         .allow_unsupported_maps()
         .map_max_entries("ft_counts", options.max_flows)
         .map_max_entries("ft_failures", options.max_failures)
+        .map_max_entries("ft_owner", options.max_sockets)
+        .map_max_entries("ft_tw_ring", tw_ring_len(&options))
         .load(crate::objects::OBSERVE)
         .map_err(|e| {
             if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) = &e
@@ -571,6 +599,8 @@ pub fn load(options: Options) -> Result<Observer, Error> {
             flags: flag(options.events, CFG_EVENTS)
                 | flag(options.syscalls, CFG_SYSCALLS)
                 | flag(options.time_wait_owners, CFG_TW_OWNERS),
+            tw_ring_mask: tw_ring_len(&options) - 1,
+            pad: 0,
         };
         config
             .set(0, raw, 0)
@@ -609,6 +639,16 @@ pub fn load(options: Options) -> Result<Observer, Error> {
     };
     observer.attach()?;
     Ok(observer)
+}
+
+/// Records per CPU in the TIME_WAIT owner ring: 65,536 over the CPUs, a
+/// power of two from 1,024 to 16,384; 1 (unused) without owners.
+fn tw_ring_len(options: &Options) -> u32 {
+    if !options.time_wait_owners {
+        return 1;
+    }
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    (65_536 / cpus).next_power_of_two().clamp(1_024, 16_384)
 }
 
 fn program_error(name: &str, e: aya::programs::ProgramError) -> Error {
@@ -771,21 +811,46 @@ impl Observer {
     }
 
     /// The owners of connections that entered TIME_WAIT while the observer
-    /// ran, by 4-tuple (the most recent 65,536; a TIME_WAIT lasts 60 s, so
-    /// some listed may have expired: join with the socket table). Empty
-    /// when loaded with [`Options::time_wait_owners`] off.
-    pub fn time_wait_owners(&self) -> Result<Vec<TimeWaitOwner>, Error> {
-        let map: BpfHashMap<_, RawTuple, RawOwner> = self.map("ft_tw_owner")?;
-        let mut out = Vec::new();
-        for entry in map.iter() {
-            let (t, o) = entry.map_err(|e| Error::io("reading ft_tw_owner", e))?;
-            out.push(TimeWaitOwner {
-                local: address(t.family, &t.saddr, t.sport),
-                remote: address(t.family, &t.daddr, t.dport),
-                pid: o.tgid,
-                comm: comm_string(&o.key.comm),
-                cgroup: o.key.cgroup,
-            });
+    /// ran, by 4-tuple: the latest records of each CPU's ring (see
+    /// [`Options::time_wait_owners`]). A TIME_WAIT lasts 60 s, so some listed
+    /// may have expired: join with the socket table. Empty when loaded with
+    /// `time_wait_owners` off.
+    pub fn time_wait_owners(&self) -> Result<TimeWaitOwners, Error> {
+        let mut out = TimeWaitOwners::default();
+        if !self.options.time_wait_owners {
+            return Ok(out);
+        }
+        let heads: PerCpuArray<_, u64> = self.map("ft_tw_head")?;
+        let heads = heads
+            .get(&0, 0)
+            .map_err(|e| Error::io("reading ft_tw_head", e))?;
+        let ring: PerCpuArray<_, RawTwRecord> = self.map("ft_tw_ring")?;
+        let len = u64::from(ring.len());
+        let written: Vec<u64> = heads.iter().copied().collect();
+        let slots = written.iter().map(|&w| w.min(len)).max().unwrap_or(0);
+        // One lookup per slot returns that slot of every CPU.
+        let mut per_slot = Vec::with_capacity(slots as usize);
+        for slot in 0..slots as u32 {
+            per_slot.push(
+                ring.get(&slot, 0)
+                    .map_err(|e| Error::io("reading ft_tw_ring", e))?,
+            );
+        }
+        for (cpu, &w) in written.iter().enumerate() {
+            out.overwritten += w.saturating_sub(len);
+            // Oldest first, so a 4-tuple used twice keeps its latest owner.
+            let start = w.saturating_sub(len);
+            for i in start..w {
+                let r = per_slot[(i % len) as usize][cpu];
+                let t = r.tuple;
+                out.owners.push(TimeWaitOwner {
+                    local: address(t.family, &t.saddr, t.sport),
+                    remote: address(t.family, &t.daddr, t.dport),
+                    pid: r.tgid,
+                    comm: comm_string(&r.comm),
+                    cgroup: r.cgroup,
+                });
+            }
         }
         Ok(out)
     }
@@ -1011,8 +1076,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<RawKey>(), 48);
         assert_eq!(std::mem::size_of::<RawCounts>(), 24);
         assert_eq!(std::mem::size_of::<RawEvent>(), 88);
-        assert_eq!(std::mem::size_of::<RawConfig>(), 8);
-        assert_eq!(std::mem::size_of::<RawOwner>(), 56);
+        assert_eq!(std::mem::size_of::<RawConfig>(), 16);
+        assert_eq!(std::mem::size_of::<RawTwRecord>(), 72);
         assert_eq!(std::mem::size_of::<RawTuple>(), 40);
     }
 

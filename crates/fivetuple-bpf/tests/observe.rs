@@ -228,6 +228,8 @@ fn counts_equal_what_python_curl_and_go_clients_counted_root() {
             .collect();
         let failures = observer.failures().unwrap();
         let tw_owners = observer.time_wait_owners().unwrap();
+        assert_eq!(tw_owners.overwritten, 0, "the rings held every owner");
+        let tw_owners = tw_owners.owners;
         let failed = |comm: &str, dst: Option<SocketAddr>, stage: Stage, errno: i32| -> u64 {
             failures
                 .iter()

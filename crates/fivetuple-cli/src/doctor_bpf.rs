@@ -112,8 +112,10 @@ pub fn finish(
         }
         Attribution::Loaded(o) => o,
     };
-    let owners: HashMap<(SocketAddr, SocketAddr), (u32, String)> = observer
-        .time_wait_owners()?
+    let recorded = observer.time_wait_owners()?;
+    let overwritten = recorded.overwritten;
+    let owners: HashMap<(SocketAddr, SocketAddr), (u32, String)> = recorded
+        .owners
         .into_iter()
         .map(|o| ((o.local, o.remote), (o.pid, o.comm)))
         .collect();
@@ -167,7 +169,7 @@ pub fn finish(
     if total > 0 {
         analysis
             .notes
-            .push(time_wait_note(attributed, total, interval));
+            .push(time_wait_note(attributed, total, overwritten, interval));
     }
     Ok(Some(Report {
         source: "bpf",
@@ -181,7 +183,7 @@ pub fn finish(
 
 /// The note naming BPF as the source of TIME_WAIT owners, and why the
 /// rest have none.
-fn time_wait_note(attributed: usize, total: usize, interval: Duration) -> String {
+fn time_wait_note(attributed: usize, total: usize, overwritten: u64, interval: Duration) -> String {
     let secs = interval.as_secs_f64();
     let mut note = format!(
         "TIME_WAIT owners come from BPF (source: the kernel's connect and state-change tracepoints, during the {secs:.0}s interval): {attributed} of {total} TIME_WAIT sockets attributed"
@@ -190,6 +192,11 @@ fn time_wait_note(attributed: usize, total: usize, interval: Duration) -> String
         note.push_str(&format!(
             "; the other {} entered TIME_WAIT before the observer ran, or were closed first by this host's accepted side, and have no owner",
             total - attributed
+        ));
+    }
+    if overwritten > 0 {
+        note.push_str(&format!(
+            "; {overwritten} owners recorded during the interval were overwritten by newer ones (the per-CPU rings were full): a shorter --interval keeps them all"
         ));
     }
     note
@@ -235,17 +242,25 @@ mod tests {
 
     #[test]
     fn the_time_wait_note_names_bpf_and_the_unattributed() {
-        let all = time_wait_note(20, 20, Duration::from_secs(10));
+        let all = time_wait_note(20, 20, 0, Duration::from_secs(10));
         assert!(all.starts_with("TIME_WAIT owners come from BPF"), "{all}");
         assert!(
             all.contains("20 of 20") && !all.contains("no owner"),
             "{all}"
         );
-        let some = time_wait_note(5, 8, Duration::from_secs(10));
+        let some = time_wait_note(5, 8, 0, Duration::from_secs(10));
         assert!(
             some.contains("5 of 8") && some.contains("the other 3"),
             "{some}"
         );
-        assert!(some.contains("have no owner"), "{some}");
+        assert!(
+            some.contains("have no owner") && !some.contains("overwritten"),
+            "{some}"
+        );
+        let lost = time_wait_note(5, 8, 7, Duration::from_secs(10));
+        assert!(
+            lost.contains("7 owners recorded during the interval were overwritten"),
+            "{lost}"
+        );
     }
 }

@@ -8,16 +8,20 @@
 // (this machine's kernel 6.18) and kprobes are often compiled out, while
 // tracepoints load on every kernel since 5.5 (tp_btf) / 4.7 (tracepoint).
 //
-//   tp_btf/inet_sock_set_state, in the connecting task:
-//     CLOSE -> SYN_SENT  tcp_v{4,6}_connect sets it right before the port is
-//                        picked (inet_hash_connect): an attempt starts; the
-//                        owner is remembered in the socket's local storage
-//                        and the call in the thread's task storage. Nothing
-//                        is counted yet (no ft_counts lookup).
+//   tp_btf/inet_sock_set_state:
+//     CLOSE -> SYN_SENT  (in the connecting task) tcp_v{4,6}_connect sets it
+//                        right before the port is picked (inet_hash_connect):
+//                        an attempt starts; the owner (cgroup, comm, pid) is
+//                        kept in ft_owner under the socket's address. Nothing
+//                        is counted yet.
 //     SYN_SENT -> ESTABLISHED  the attempt and a success (non-blocking
 //                        connects too), counted together in one lookup.
-//     SYN_SENT -> CLOSE  the attempt, failed: inside the call (errno below),
-//                        or later (reset, timeout, close while connecting).
+//     SYN_SENT -> CLOSE  the attempt, failed: a reset, a timeout, a close
+//                        while connecting, or, with the socket never hashed,
+//                        inside connect() because inet_hash_connect found no
+//                        port. Only that last case is kept for
+//                        sys_exit_connect (in the thread's task storage),
+//                        which counts it with the call's errno.
 //     SYN_SENT -> other  (SYN_RECV, simultaneous open): the attempt.
 //     So an attempt is counted when it resolves: a connect still in SYN_SENT
 //     (a SYN nobody answers yet) is not in ft_counts until it does, which
@@ -30,16 +34,20 @@
 //                        moves it to CLOSE; a reset or a FIN_WAIT2 timeout
 //                        reaches CLOSE still hashed (tcp_set_state unhashes
 //                        after the tracepoint).
-//   tracepoint/syscalls/sys_exit_connect: the errno of a failed attempt
-//     (EADDRNOTAVAIL from __inet_hash_connect, or EADDRINUSE).
+//     any -> CLOSE       the owner is forgotten.
+//   tracepoint/syscalls/sys_exit_connect: the errno of a connect that failed
+//     to get a port (EADDRNOTAVAIL from __inet_hash_connect, or EADDRINUSE).
 //   tracepoint/syscalls/sys_{enter,exit}_bind: EADDRINUSE of bind() on a TCP
 //     socket (the fd is resolved to its socket only on that error).
 //
 // Cost: every state change of every TCP socket runs ft_set_state (about 10
 // per connection, both ends), so the states are filtered first, before any
-// map access; a connection does two ft_counts lookups (resolution and
-// timewait) into a per-CPU hash (no atomics), one socket-storage allocation,
-// and the timewait owner update only when asked (FT_CFG_TW_OWNERS).
+// map access. A connection costs one insert into and one delete from a
+// preallocated hash (ft_owner, keyed by the socket: no allocation, unlike
+// socket-local storage, which measured 0.2 to 0.7 us more per connection),
+// two ft_counts lookups (resolution and timewait) into a per-CPU hash (no
+// atomics), and, when asked (FT_CFG_TW_OWNERS), one record in a per-CPU ring
+// (no hashing, no lock). docs/BENCHMARKS.md has the figures.
 //
 // A v4-mapped destination on an IPv6 socket is counted as IPv4. Maps are
 // bounded; what does not fit is counted in ft_drops.
@@ -94,17 +102,19 @@ struct {
 	__type(value, __u64);
 } ft_failures SEC(".maps");
 
-// Who connected each socket: socket-local storage, allocated at connect,
-// freed by the kernel with the socket (bpf_sk_storage_free), so it is
-// bounded by the sockets that exist and costs nothing when idle.
+// Who connected each socket, by the socket's address, from CLOSE ->
+// SYN_SENT to CLOSE. Preallocated and bounded (the loader sets max_entries,
+// Options::max_sockets): a connect that finds it full is counted in
+// FT_DROP_OWNER_FULL and not otherwise.
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
 	__type(value, struct ft_obs_owner);
 } ft_owner SEC(".maps");
 
-// The connect() in progress on each thread: task-local storage.
+// A connect() that failed for lack of a port, until the syscall's exit:
+// task-local storage, created only on such a failure.
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -112,15 +122,21 @@ struct {
 	__type(value, struct ft_obs_pending);
 } ft_pending SEC(".maps");
 
-// Owners of timewait sockets by 4-tuple (LRU: the oldest, likely expired,
-// make room). A TIME_WAIT lasts 60 s; size for the connections per minute.
+// The owners of the latest tw_ring_mask + 1 timewait sockets per CPU, and how many
+// each CPU has written (the reader knows from it what was overwritten).
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU); // per-CPU LRU lists: no shared lock
-	__uint(max_entries, 65536);
-	__type(key, struct ft_obs_tuple);
-	__type(value, struct ft_obs_owner);
-} ft_tw_owner SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1); // set by the loader
+	__type(key, __u32);
+	__type(value, struct ft_obs_tw_record);
+} ft_tw_ring SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} ft_tw_head SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -260,64 +276,40 @@ static __always_inline void bound_source(const struct sock *sk, __u16 family, __
 		*sport = sk->__sk_common.skc_num;
 }
 
+static __always_inline __u32 netns_direct(const struct sock *sk)
+{
+	return sk->__sk_common.skc_net.net->ns.inum; // BTF pointer walk, no probe reads
+}
+
+// The counts key of a socket's connection: who from its owner, where and
+// which namespace from the socket (both still set at resolution and when a
+// timewait socket takes its place).
+static __always_inline void flow_key(const struct sock *sk, const struct ft_obs_owner *owner,
+				     struct ft_obs_key *key)
+{
+	key->cgroup = owner->cgroup;
+	__builtin_memcpy(key->comm, owner->comm, sizeof(key->comm));
+	destination(sk, key);
+	key->netns = netns_direct(sk);
+	key->stage = 0;
+	key->err = 0;
+}
+
 static __always_inline void on_syn_sent(const struct sock *sk)
 {
 	struct ft_obs_config *cfg = obs_config();
 	if (!cfg)
 		return;
-	__u32 netns = sk->__sk_common.skc_net.net->ns.inum; // BTF pointer walk, no probe reads
-	if (cfg->netns && cfg->netns != netns)
+	if (cfg->netns && cfg->netns != netns_direct(sk))
 		return;
-	// Filled in place: the storage is the only copy (a reconnect of the
-	// same socket overwrites it).
-	struct ft_obs_owner *o = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!o) {
-		drop(FT_DROP_OWNER_FULL);
-		return;
-	}
-	o->key.cgroup = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(o->key.comm, sizeof(o->key.comm));
-	destination(sk, &o->key);
-	o->key.netns = netns;
-	o->key.stage = 0;
-	o->key.err = 0;
-	o->tgid = bpf_get_current_pid_tgid() >> 32;
-	o->pad = 0;
-	if (!(cfg->flags & FT_CFG_SYSCALLS))
-		return; // no sys_exit_connect to give a failure its errno
-	struct ft_obs_pending *p =
-		bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!p) {
-		drop(FT_DROP_OWNER_FULL);
-		return;
-	}
-	__builtin_memset(p, 0, sizeof(*p));
-	p->key = o->key;
-	p->sk = (__u64)sk;
-	p->active = 1;
-}
-
-// Keeps the owner under the timewait socket's 4-tuple (the full socket's,
-// which inet_twsk_alloc copies); a v4-mapped IPv6 pair is kept as IPv4, as
-// the socket table shows it.
-static __always_inline void remember_tw(const struct sock *sk, const struct ft_obs_owner *owner)
-{
-	struct ft_obs_tuple t = {};
-	// skc_num is already 0 here (the hashdance's __inet_put_port); the
-	// header's inet_sport keeps the port.
-	t.sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	t.dport = bpf_ntohs(sk->__sk_common.skc_dport);
-	t.family = key_family(&owner->key);
-	if (t.family == AF_INET6) {
-		BPF_CORE_READ_INTO((struct in6_addr *)t.saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO((struct in6_addr *)t.daddr, sk, __sk_common.skc_v6_daddr);
-	} else {
-		__u32 a = sk->__sk_common.skc_rcv_saddr;
-		__u32 b = sk->__sk_common.skc_daddr;
-		__builtin_memcpy(t.saddr, &a, 4);
-		__builtin_memcpy(t.daddr, &b, 4);
-	}
-	if (bpf_map_update_elem(&ft_tw_owner, &t, owner, BPF_ANY))
+	struct ft_obs_owner o;
+	o.cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(o.comm, sizeof(o.comm));
+	o.tgid = bpf_get_current_pid_tgid() >> 32;
+	o.pad = 0;
+	__u64 addr = (__u64)sk;
+	// BPF_ANY: a reconnect of the same socket replaces its owner.
+	if (bpf_map_update_elem(&ft_owner, &addr, &o, BPF_ANY))
 		drop(FT_DROP_OWNER_FULL);
 }
 
@@ -326,44 +318,111 @@ static __always_inline int unhashed(const struct sock *sk)
 	return sk->__sk_common.skc_nulls_node.pprev == 0; // a direct (BTF) load, no probe read
 }
 
+// Inside connect(), inet_hash_connect found no port (the socket went back to
+// CLOSE without ever being hashed): kept for sys_exit_connect, which has the
+// errno. Runs in the connecting task, so the key is the current task's.
+static __always_inline void on_connect_failed(const struct sock *sk)
+{
+	struct ft_obs_config *cfg = obs_config();
+	if (!cfg || !(cfg->flags & FT_CFG_SYSCALLS))
+		return; // no sys_exit_connect to give the failure its errno
+	__u32 netns = netns_direct(sk);
+	if (cfg->netns && cfg->netns != netns)
+		return;
+	struct ft_obs_pending *p =
+		bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!p) {
+		drop(FT_DROP_OWNER_FULL);
+		return;
+	}
+	__builtin_memset(p, 0, sizeof(*p));
+	p->key.cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(p->key.comm, sizeof(p->key.comm));
+	destination(sk, &p->key);
+	p->key.netns = netns;
+	p->sk = (__u64)sk;
+	bound_source(sk, key_family(&p->key), p->saddr, &p->sport);
+	p->active = 1;
+}
+
+// Keeps the owner of a connection that entered TIME_WAIT, under the 4-tuple
+// of the full socket (which inet_twsk_alloc copies), in this CPU's ring; a
+// v4-mapped IPv6 pair is kept as IPv4, as the socket table shows it.
+static __always_inline void remember_tw(const struct ft_obs_config *cfg, const struct sock *sk,
+					const struct ft_obs_owner *owner, const struct ft_obs_key *key)
+{
+	__u32 zero = 0;
+	__u64 *head = bpf_map_lookup_elem(&ft_tw_head, &zero);
+	if (!head)
+		return;
+	__u32 slot = *head & cfg->tw_ring_mask;
+	*head += 1; // this CPU's counter; the program does not nest on one CPU
+	struct ft_obs_tw_record *r = bpf_map_lookup_elem(&ft_tw_ring, &slot);
+	if (!r)
+		return;
+	struct ft_obs_tuple *t = &r->tuple;
+	__builtin_memset(t, 0, sizeof(*t));
+	// skc_num is already 0 here (the hashdance's __inet_put_port); the
+	// header's inet_sport keeps the port.
+	t->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	t->dport = key->dport;
+	t->family = key_family(key);
+	if (t->family == AF_INET6) {
+		BPF_CORE_READ_INTO((struct in6_addr *)t->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		__builtin_memcpy(t->daddr, key->daddr, 16);
+	} else {
+		__u32 a = sk->__sk_common.skc_rcv_saddr;
+		__builtin_memcpy(t->saddr, &a, 4);
+		__builtin_memcpy(t->daddr, key->daddr + 12, 4);
+	}
+	r->cgroup = owner->cgroup;
+	__builtin_memcpy(r->comm, owner->comm, sizeof(r->comm));
+	r->tgid = owner->tgid;
+	r->netns = key->netns;
+}
+
 // SYN_SENT -> anything: the attempt resolved (ESTABLISHED: a success).
 static __always_inline void on_resolved(const struct sock *sk, int newstate)
 {
-	if (newstate == TCP_CLOSE) {
-		struct ft_obs_pending *p = bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, 0);
-		if (p && p->active && p->sk == (__u64)sk) {
-			p->failed = 1;
-			bound_source(sk, key_family(&p->key), p->saddr, &p->sport);
-		}
-	}
-	struct ft_obs_owner *owner = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, 0);
+	__u64 addr = (__u64)sk;
+	struct ft_obs_owner *owner = bpf_map_lookup_elem(&ft_owner, &addr);
+	if (newstate == TCP_CLOSE && unhashed(sk))
+		on_connect_failed(sk);
 	if (!owner) {
 		if (newstate == TCP_ESTABLISHED)
 			drop(FT_NOTE_EST_UNOWNED);
 		return;
 	}
-	struct ft_obs_counts *c = counts_of(&owner->key);
-	if (!c)
-		return;
-	c->attempts += 1; // this CPU's slot
-	if (newstate == TCP_ESTABLISHED)
-		c->successes += 1;
+	struct ft_obs_key key;
+	flow_key(sk, owner, &key);
+	struct ft_obs_counts *c = counts_of(&key);
+	if (c) {
+		c->attempts += 1; // this CPU's slot
+		if (newstate == TCP_ESTABLISHED)
+			c->successes += 1;
+	}
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&ft_owner, &addr);
 }
 
 // FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE, unhashed: a timewait socket took its place.
 static __always_inline void on_time_wait(const struct sock *sk)
 {
-	struct ft_obs_owner *owner = bpf_sk_storage_get(&ft_owner, (struct sock *)sk, 0, 0);
+	__u64 addr = (__u64)sk;
+	struct ft_obs_owner *owner = bpf_map_lookup_elem(&ft_owner, &addr);
 	if (!owner) {
 		drop(FT_NOTE_TW_UNOWNED);
 		return;
 	}
-	struct ft_obs_counts *c = counts_of(&owner->key);
+	struct ft_obs_key key;
+	flow_key(sk, owner, &key);
+	struct ft_obs_counts *c = counts_of(&key);
 	if (c)
 		c->time_wait += 1;
 	struct ft_obs_config *cfg = obs_config();
 	if (cfg && (cfg->flags & FT_CFG_TW_OWNERS))
-		remember_tw(sk, owner);
+		remember_tw(cfg, sk, owner, &key);
+	bpf_map_delete_elem(&ft_owner, &addr);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -381,15 +440,18 @@ int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int 
 			on_resolved(sk, newstate);
 		return 0;
 	}
-	if (newstate != TCP_CLOSE)
+	if (newstate != TCP_CLOSE || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	if (oldstate != TCP_FIN_WAIT1 && oldstate != TCP_FIN_WAIT2 && oldstate != TCP_CLOSING)
-		return 0; // LAST_ACK -> CLOSE (the side closed second), resets
-	if (!unhashed(sk) || sk->sk_protocol != IPPROTO_TCP)
-		return 0; // a reset or a FIN_WAIT2 timeout: no timewait socket
-	on_time_wait(sk);
-	// The owner stays in the socket's storage until the kernel frees the
-	// socket: deleting here would cost a free per connection for nothing.
+	if ((oldstate == TCP_FIN_WAIT1 || oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) && unhashed(sk)) {
+		on_time_wait(sk);
+		return 0;
+	}
+	// Any other close (LAST_ACK, a reset, a FIN_WAIT2 timeout): forget the
+	// owner. A lock-free lookup first, since most of these sockets (the
+	// accepting side's) never had one.
+	__u64 addr = (__u64)sk;
+	if (bpf_map_lookup_elem(&ft_owner, &addr))
+		bpf_map_delete_elem(&ft_owner, &addr);
 	return 0;
 }
 
@@ -401,7 +463,7 @@ int ft_exit_connect(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	p->active = 0;
 	long ret = ctx->ret;
-	if (p->failed && (ret == -EADDRNOTAVAIL || ret == -EADDRINUSE)) {
+	if (ret == -EADDRNOTAVAIL || ret == -EADDRINUSE) {
 		struct ft_obs_config *cfg = obs_config();
 		if (cfg) {
 			struct ft_obs_key key = p->key;

@@ -13,7 +13,7 @@ enum ft_obs_drop {
 	FT_DROP_COUNTS_FULL = 0,   // ft_counts had no room for a new key
 	FT_DROP_FAILURES_FULL = 1, // ft_failures had no room for a new key
 	FT_DROP_RINGBUF_FULL = 2,  // a failure event found the ring buffer full
-	FT_DROP_OWNER_FULL = 3,    // an LRU map (owner, pending call) refused an entry
+	FT_DROP_OWNER_FULL = 3,    // ft_owner (or a failing call's task storage) refused an entry
 	FT_NOTE_TW_UNOWNED = 4,    // a timewait of a socket not connected while attached
 	FT_NOTE_EST_UNOWNED = 5,   // SYN_SENT -> ESTABLISHED of such a socket
 	FT_DROP_COUNT = 6,
@@ -41,9 +41,11 @@ struct ft_obs_counts {
 	__u64 time_wait; // timewait sockets created from these connections
 };
 
-// The owner of a connected socket, remembered at connect time.
+// The owner of a connecting or connected socket, remembered at connect
+// time (the destination and namespace are read from the socket itself).
 struct ft_obs_owner {
-	struct ft_obs_key key;
+	__u64 cgroup;  // bpf_get_current_cgroup_id() of the connecting task
+	char comm[16]; // its comm
 	__u32 tgid;
 	__u32 pad;
 };
@@ -55,8 +57,10 @@ enum ft_obs_config_flags {
 };
 
 struct ft_obs_config {
-	__u32 netns; // only this network namespace (inode number); 0: all
-	__u32 flags; // enum ft_obs_config_flags
+	__u32 netns;        // only this network namespace (inode number); 0: all
+	__u32 flags;        // enum ft_obs_config_flags
+	__u32 tw_ring_mask; // ft_tw_ring's records per CPU, minus 1 (a power of two)
+	__u32 pad;
 };
 
 // One failing connect or bind, for the live stream.
@@ -76,15 +80,16 @@ struct ft_obs_event {
 	__u32 netns;
 };
 
-// A connect() in progress on one thread, from CLOSE -> SYN_SENT to the
-// syscall's exit, which has the errno.
+// A connect() that failed to get a port (its socket went SYN_SENT -> CLOSE
+// before it was hashed) on one thread, kept until the syscall's exit, which
+// has the errno.
 struct ft_obs_pending {
 	struct ft_obs_key key;
 	__u64 sk;
 	__u8 saddr[16]; // bound source, captured when the connect failed
 	__u16 sport;
-	__u16 failed;   // the socket went back to CLOSE during the call
-	__u32 active;   // a call is in progress (cleared at sys_exit_connect)
+	__u16 pad;
+	__u32 active;   // set at the failure, cleared at sys_exit_connect
 };
 
 // A bind() in progress on one thread (its arguments).
@@ -102,4 +107,15 @@ struct ft_obs_tuple {
 	__u16 dport;
 	__u16 family;
 	__u16 pad;
+};
+
+// One connection that entered TIME_WAIT and its owner, in the per-CPU ring
+// ft_tw_ring (tw_ring_mask + 1 records per CPU, the oldest overwritten), which a
+// reader of the socket table (doctor) joins by 4-tuple.
+struct ft_obs_tw_record {
+	struct ft_obs_tuple tuple;
+	__u64 cgroup;
+	char comm[16];
+	__u32 tgid;
+	__u32 netns;
 };
