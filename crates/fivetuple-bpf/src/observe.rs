@@ -149,12 +149,15 @@ pub struct Drops {
     pub failures_full: u64,
     /// A failure event found the ring buffer full (its count was kept).
     pub ringbuf_full: u64,
-    /// An owner or pending-call entry was refused.
+    /// A failing connect's task storage could not be had (its errno is lost).
     pub owner_full: u64,
     /// Timewait sockets of connections not seen connecting (older than the
-    /// observer, or inbound connections closed first by this host).
+    /// observer, inbound connections closed first by this host, or
+    /// connections that outlived their owner slot, see
+    /// [`Options::max_sockets`]).
     pub time_wait_unowned: u64,
-    /// Successes of connects not seen starting.
+    /// Successes of connects not seen starting (or whose owner slot a newer
+    /// connect took).
     pub established_unowned: u64,
 }
 
@@ -230,7 +233,7 @@ struct RawConfig {
     netns: u32,
     flags: u32,
     tw_ring_mask: u32,
-    pad: u32,
+    owners_mask: u32,
 }
 
 /// `enum ft_obs_config_flags`.
@@ -417,12 +420,15 @@ impl Options {
         self
     }
 
-    /// Connections the observer can follow at once, from `connect()` to
-    /// close: the entries of its owner map, preallocated (about 100 bytes
-    /// each; 13 MiB at the default 131,072). A connect that finds the map
-    /// full is not counted, and says so in [`Drops::owner_full`].
+    /// Slots of the owner table (rounded up to a power of two; default
+    /// 131,072, 48 bytes each, 6 MiB). Each connect takes the slot its
+    /// socket's cookie picks, and cookies are handed out in increasing
+    /// order, so a connection keeps its owner until this many newer sockets
+    /// got a cookie. One that outlives that is not counted when it resolves
+    /// or enters TIME_WAIT, and says so in [`Drops::established_unowned`]
+    /// and [`Drops::time_wait_unowned`].
     pub fn max_sockets(mut self, n: u32) -> Options {
-        self.max_sockets = n.max(1);
+        self.max_sockets = n.clamp(1, 1 << 31);
         self
     }
 
@@ -575,7 +581,7 @@ pub fn load(options: Options) -> Result<Observer, Error> {
         .allow_unsupported_maps()
         .map_max_entries("ft_counts", options.max_flows)
         .map_max_entries("ft_failures", options.max_failures)
-        .map_max_entries("ft_owner", options.max_sockets)
+        .map_max_entries("ft_owners", owner_slots(&options))
         .map_max_entries("ft_tw_ring", tw_ring_len(&options))
         .load(crate::objects::OBSERVE)
         .map_err(|e| {
@@ -600,7 +606,7 @@ pub fn load(options: Options) -> Result<Observer, Error> {
                 | flag(options.syscalls, CFG_SYSCALLS)
                 | flag(options.time_wait_owners, CFG_TW_OWNERS),
             tw_ring_mask: tw_ring_len(&options) - 1,
-            pad: 0,
+            owners_mask: owner_slots(&options) - 1,
         };
         config
             .set(0, raw, 0)
@@ -639,6 +645,11 @@ pub fn load(options: Options) -> Result<Observer, Error> {
     };
     observer.attach()?;
     Ok(observer)
+}
+
+/// Slots of the owner table: `max_sockets` rounded up to a power of two.
+fn owner_slots(options: &Options) -> u32 {
+    options.max_sockets.checked_next_power_of_two().unwrap_or(1 << 31)
 }
 
 /// Records per CPU in the TIME_WAIT owner ring: 65,536 over the CPUs, a

@@ -12,8 +12,8 @@
 //     CLOSE -> SYN_SENT  (in the connecting task) tcp_v{4,6}_connect sets it
 //                        right before the port is picked (inet_hash_connect):
 //                        an attempt starts; the owner (cgroup, comm, pid) is
-//                        kept in ft_owner under the socket's address. Nothing
-//                        is counted yet.
+//                        kept in ft_owners, in the slot the socket's cookie
+//                        picks. Nothing is counted yet.
 //     SYN_SENT -> ESTABLISHED  the attempt and a success (non-blocking
 //                        connects too), counted together in one lookup.
 //     SYN_SENT -> CLOSE  the attempt, failed: a reset, a timeout, a close
@@ -34,7 +34,6 @@
 //                        moves it to CLOSE; a reset or a FIN_WAIT2 timeout
 //                        reaches CLOSE still hashed (tcp_set_state unhashes
 //                        after the tracepoint).
-//     any -> CLOSE       the owner is forgotten.
 //   tracepoint/syscalls/sys_exit_connect: the errno of a connect that failed
 //     to get a port (EADDRNOTAVAIL from __inet_hash_connect, or EADDRINUSE).
 //   tracepoint/syscalls/sys_{enter,exit}_bind: EADDRINUSE of bind() on a TCP
@@ -42,12 +41,11 @@
 //
 // Cost: every state change of every TCP socket runs ft_set_state (about 10
 // per connection, both ends), so the states are filtered first, before any
-// map access. A connection costs one insert into and one delete from a
-// preallocated hash (ft_owner, keyed by the socket: no allocation, unlike
-// socket-local storage, which measured 0.2 to 0.7 us more per connection),
-// two ft_counts lookups (resolution and timewait) into a per-CPU hash (no
-// atomics), and, when asked (FT_CFG_TW_OWNERS), one record in a per-CPU ring
-// (no hashing, no lock). docs/BENCHMARKS.md has the figures.
+// map access. A connection costs one owner write into a direct-mapped array
+// (no hash, no lock, no allocation), two ft_counts lookups (resolution and
+// timewait) into a per-CPU hash (no atomics), and, when asked
+// (FT_CFG_TW_OWNERS), one record in a per-CPU ring. docs/BENCHMARKS.md has
+// the figures.
 //
 // A v4-mapped destination on an IPv6 socket is counted as IPv4. Maps are
 // bounded; what does not fit is counted in ft_drops.
@@ -102,16 +100,21 @@ struct {
 	__type(value, __u64);
 } ft_failures SEC(".maps");
 
-// Who connected each socket, by the socket's address, from CLOSE ->
-// SYN_SENT to CLOSE. Preallocated and bounded (the loader sets max_entries,
-// Options::max_sockets): a connect that finds it full is counted in
-// FT_DROP_OWNER_FULL and not otherwise.
+// Who connected each socket: a direct-mapped table indexed by the socket's
+// cookie (owners_mask + 1 slots, Options::max_sockets). Cookies are handed
+// out in increasing order, so a slot is taken over only after that many
+// newer sockets got one; a connection that outlives that finds its slot
+// taken, and its timewait is counted as unowned (FT_NOTE_TW_UNOWNED). No
+// hashing, no lock, no allocation and no delete: a preallocated hash keyed
+// by the socket measured 0.3 us more per connection (insert, delete, and a
+// lookup for every accepted socket's close), socket-local storage 0.5 us
+// more (docs/BENCHMARKS.md).
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); // set by the loader
+	__type(key, __u32);
 	__type(value, struct ft_obs_owner);
-} ft_owner SEC(".maps");
+} ft_owners SEC(".maps");
 
 // A connect() that failed for lack of a port, until the syscall's exit:
 // task-local storage, created only on such a failure.
@@ -295,6 +298,26 @@ static __always_inline void flow_key(const struct sock *sk, const struct ft_obs_
 	key->err = 0;
 }
 
+// The owner slot of a socket with this cookie.
+static __always_inline struct ft_obs_owner *owner_slot(const struct ft_obs_config *cfg, __u64 cookie)
+{
+	__u32 slot = (__u32)cookie & cfg->owners_mask;
+	return bpf_map_lookup_elem(&ft_owners, &slot);
+}
+
+// The owner of `sk`, or NULL when it has none (or lost its slot).
+static __always_inline struct ft_obs_owner *owner_of(const struct sock *sk)
+{
+	struct ft_obs_config *cfg = obs_config();
+	if (!cfg)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie((struct sock *)sk);
+	struct ft_obs_owner *o = owner_slot(cfg, cookie);
+	if (!o || o->cookie != cookie)
+		return 0;
+	return o;
+}
+
 static __always_inline void on_syn_sent(const struct sock *sk)
 {
 	struct ft_obs_config *cfg = obs_config();
@@ -302,15 +325,15 @@ static __always_inline void on_syn_sent(const struct sock *sk)
 		return;
 	if (cfg->netns && cfg->netns != netns_direct(sk))
 		return;
-	struct ft_obs_owner o;
-	o.cgroup = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(o.comm, sizeof(o.comm));
-	o.tgid = bpf_get_current_pid_tgid() >> 32;
-	o.pad = 0;
-	__u64 addr = (__u64)sk;
-	// BPF_ANY: a reconnect of the same socket replaces its owner.
-	if (bpf_map_update_elem(&ft_owner, &addr, &o, BPF_ANY))
-		drop(FT_DROP_OWNER_FULL);
+	__u64 cookie = bpf_get_socket_cookie((struct sock *)sk);
+	struct ft_obs_owner *o = owner_slot(cfg, cookie);
+	if (!o)
+		return;
+	// A reconnect of the same socket (same cookie) replaces its owner.
+	o->cookie = cookie;
+	o->cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+	o->tgid = bpf_get_current_pid_tgid() >> 32;
 }
 
 static __always_inline int unhashed(const struct sock *sk)
@@ -384,8 +407,7 @@ static __always_inline void remember_tw(const struct ft_obs_config *cfg, const s
 // SYN_SENT -> anything: the attempt resolved (ESTABLISHED: a success).
 static __always_inline void on_resolved(const struct sock *sk, int newstate)
 {
-	__u64 addr = (__u64)sk;
-	struct ft_obs_owner *owner = bpf_map_lookup_elem(&ft_owner, &addr);
+	struct ft_obs_owner *owner = owner_of(sk);
 	if (newstate == TCP_CLOSE && unhashed(sk))
 		on_connect_failed(sk);
 	if (!owner) {
@@ -401,15 +423,12 @@ static __always_inline void on_resolved(const struct sock *sk, int newstate)
 		if (newstate == TCP_ESTABLISHED)
 			c->successes += 1;
 	}
-	if (newstate == TCP_CLOSE)
-		bpf_map_delete_elem(&ft_owner, &addr);
 }
 
 // FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE, unhashed: a timewait socket took its place.
 static __always_inline void on_time_wait(const struct sock *sk)
 {
-	__u64 addr = (__u64)sk;
-	struct ft_obs_owner *owner = bpf_map_lookup_elem(&ft_owner, &addr);
+	struct ft_obs_owner *owner = owner_of(sk);
 	if (!owner) {
 		drop(FT_NOTE_TW_UNOWNED);
 		return;
@@ -422,7 +441,7 @@ static __always_inline void on_time_wait(const struct sock *sk)
 	struct ft_obs_config *cfg = obs_config();
 	if (cfg && (cfg->flags & FT_CFG_TW_OWNERS))
 		remember_tw(cfg, sk, owner, &key);
-	bpf_map_delete_elem(&ft_owner, &addr);
+	owner->cookie = 0; // the connection is over: the slot is free
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -440,18 +459,13 @@ int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int 
 			on_resolved(sk, newstate);
 		return 0;
 	}
-	if (newstate != TCP_CLOSE || sk->sk_protocol != IPPROTO_TCP)
+	if (newstate != TCP_CLOSE)
 		return 0;
-	if ((oldstate == TCP_FIN_WAIT1 || oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) && unhashed(sk)) {
-		on_time_wait(sk);
-		return 0;
-	}
-	// Any other close (LAST_ACK, a reset, a FIN_WAIT2 timeout): forget the
-	// owner. A lock-free lookup first, since most of these sockets (the
-	// accepting side's) never had one.
-	__u64 addr = (__u64)sk;
-	if (bpf_map_lookup_elem(&ft_owner, &addr))
-		bpf_map_delete_elem(&ft_owner, &addr);
+	if (oldstate != TCP_FIN_WAIT1 && oldstate != TCP_FIN_WAIT2 && oldstate != TCP_CLOSING)
+		return 0; // LAST_ACK -> CLOSE (the side closed second), resets
+	if (!unhashed(sk) || sk->sk_protocol != IPPROTO_TCP)
+		return 0; // a reset or a FIN_WAIT2 timeout: no timewait socket
+	on_time_wait(sk);
 	return 0;
 }
 

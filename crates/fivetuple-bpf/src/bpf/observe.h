@@ -13,9 +13,11 @@ enum ft_obs_drop {
 	FT_DROP_COUNTS_FULL = 0,   // ft_counts had no room for a new key
 	FT_DROP_FAILURES_FULL = 1, // ft_failures had no room for a new key
 	FT_DROP_RINGBUF_FULL = 2,  // a failure event found the ring buffer full
-	FT_DROP_OWNER_FULL = 3,    // ft_owner (or a failing call's task storage) refused an entry
-	FT_NOTE_TW_UNOWNED = 4,    // a timewait of a socket not connected while attached
-	FT_NOTE_EST_UNOWNED = 5,   // SYN_SENT -> ESTABLISHED of such a socket
+	FT_DROP_OWNER_FULL = 3,    // a failing call's task storage could not be had
+	FT_NOTE_TW_UNOWNED = 4,    // a timewait of a socket not connected while attached, or
+	                           // whose owner slot a newer connect took
+	FT_NOTE_EST_UNOWNED = 5,   // SYN_SENT -> ESTABLISHED of such a socket, or one whose
+	                           // owner slot a newer connect took (ft_owners wrapped)
 	FT_DROP_COUNT = 6,
 };
 
@@ -42,8 +44,10 @@ struct ft_obs_counts {
 };
 
 // The owner of a connecting or connected socket, remembered at connect
-// time (the destination and namespace are read from the socket itself).
+// time (the destination and namespace are read from the socket itself), in
+// the slot of ft_owners that the socket's cookie picks.
 struct ft_obs_owner {
+	__u64 cookie;  // the socket's cookie (bpf_get_socket_cookie); 0: empty
 	__u64 cgroup;  // bpf_get_current_cgroup_id() of the connecting task
 	char comm[16]; // its comm
 	__u32 tgid;
@@ -60,7 +64,7 @@ struct ft_obs_config {
 	__u32 netns;        // only this network namespace (inode number); 0: all
 	__u32 flags;        // enum ft_obs_config_flags
 	__u32 tw_ring_mask; // ft_tw_ring's records per CPU, minus 1 (a power of two)
-	__u32 pad;
+	__u32 owners_mask;  // ft_owners' slots, minus 1 (a power of two)
 };
 
 // One failing connect or bind, for the live stream.
