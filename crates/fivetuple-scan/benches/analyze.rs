@@ -29,6 +29,7 @@ fn table(n: usize, shift: usize) -> Snapshot {
         inode: 1,
         uid: 0,
         tw_remaining_ms: None,
+        cookie: 0,
     });
     let port = |i: usize| 1024 + ((i + shift) % 64_000) as u16;
     let pairs = n / 8;
@@ -46,6 +47,7 @@ fn table(n: usize, shift: usize) -> Snapshot {
                 inode: 2 + i as u64,
                 uid: 0,
                 tw_remaining_ms: None,
+                cookie: 0,
             });
         }
     }
@@ -57,6 +59,7 @@ fn table(n: usize, shift: usize) -> Snapshot {
             inode: 0,
             uid: 0,
             tw_remaining_ms: Some((i % 60_000) as u32),
+            cookie: 0,
         });
     }
     Snapshot {

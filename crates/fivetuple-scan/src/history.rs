@@ -110,6 +110,7 @@ mod tests {
             inode: 1,
             uid: 0,
             tw_remaining_ms: None,
+            cookie: 0,
         }];
         for i in 0..n {
             sockets.push(Socket {
@@ -119,6 +120,7 @@ mod tests {
                 inode: 0,
                 uid: 0,
                 tw_remaining_ms: Some(50_000),
+                cookie: 0,
             });
         }
         Snapshot {

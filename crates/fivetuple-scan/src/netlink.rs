@@ -227,6 +227,7 @@ fn parse_inet_diag_msg(payload: &[u8]) -> Result<Option<Socket>, String> {
         inode: u64::from(header.inode),
         uid: header.uid,
         tw_remaining_ms,
+        cookie: u64::from_ne_bytes(id.cookie),
     }))
 }
 

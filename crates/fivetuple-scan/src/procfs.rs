@@ -58,6 +58,7 @@ pub fn parse_line(line: &str, clk_tck: u64) -> Result<Option<Socket>, String> {
         uid: uid.parse().map_err(|_| format!("bad uid {uid:?}"))?,
         inode: inode.parse().map_err(|_| format!("bad inode {inode:?}"))?,
         tw_remaining_ms,
+        cookie: 0,
     }))
 }
 

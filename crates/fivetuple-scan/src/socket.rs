@@ -116,6 +116,10 @@ pub struct Socket {
     /// For TIME_WAIT only: milliseconds until the kernel frees the 4-tuple (`idiag_expires`).
     /// `None` in other states.
     pub tw_remaining_ms: Option<u32>,
+    /// The kernel's socket cookie (`sk:` in `ss -e`; the BPF observer keys
+    /// its owners by it). A TIME_WAIT socket keeps the cookie of the
+    /// connection it replaced. 0 when read from /proc, which has none.
+    pub cookie: u64,
 }
 
 /// Which reader produced a table.

@@ -65,6 +65,12 @@ fn netns_root_netlink_and_proc_readers_agree() {
         assert_eq!(count(&nl), count(&pr), "both readers see the same sockets");
         assert_eq!(nl.iter().filter(|s| s.local.is_ipv6()).count(), 1 + 20 + 20);
 
+        // Netlink gives every socket its cookie, one per socket; /proc has none.
+        let cookies: std::collections::BTreeSet<u64> = nl.iter().map(|s| s.cookie).collect();
+        assert!(!cookies.contains(&0), "a netlink socket without a cookie");
+        assert_eq!(cookies.len(), nl.len(), "cookies are per socket");
+        assert!(pr.iter().all(|s| s.cookie == 0));
+
         // Same inodes, and TIME_WAIT remaining times agree within a second.
         let by_key: BTreeMap<_, &Socket> = pr.iter().map(|s| (key(s), s)).collect();
         for s in &nl {

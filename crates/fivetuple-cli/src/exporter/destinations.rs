@@ -331,6 +331,7 @@ mod tests {
                     inode: 0,
                     uid: 0,
                     tw_remaining_ms: Some(5_000),
+                    cookie: 0,
                 });
             }
         }
@@ -398,6 +399,7 @@ mod tests {
                 inode: 0,
                 uid: 0,
                 tw_remaining_ms: None,
+                cookie: 0,
             });
         }
         // A stopped server's TIME_WAITs on :8080.
@@ -409,6 +411,7 @@ mod tests {
                 inode: 0,
                 uid: 0,
                 tw_remaining_ms: Some(5_000),
+                cookie: 0,
             });
         }
         let snap = Snapshot {

@@ -19,6 +19,7 @@ fn sock(state: TcpState, local: &str, remote: &str, inode: u64, tw: Option<u32>)
         inode,
         uid: 0,
         tw_remaining_ms: tw,
+        cookie: 0,
     }
 }
 
