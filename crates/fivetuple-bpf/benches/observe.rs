@@ -366,31 +366,22 @@ fn main() {
     let other_cpu = (cpus > 1).then(|| if cpu == 0 { 1 } else { 0 });
     println!("pinned to CPU {cpu}; {pairs} pairs of blocks of {block} connects per mode");
     // FT_BENCH_MODES: a comma-separated subset of doctor,exporter,state.
-    // FT_BENCH_MODES: which modes, in which order (default all three).
-    let modes = std::env::var("FT_BENCH_MODES").unwrap_or_else(|_| "doctor,exporter,state".into());
+    // FT_BENCH_MODES: which modes, in which order (default both).
+    let modes = std::env::var("FT_BENCH_MODES").unwrap_or_else(|_| "full,state".into());
     for mode in modes.split(',') {
-        let (label, syscalls, tw_owners) = match mode {
-            "doctor" => (
-                "doctor's: state tracepoint and syscall tracepoints, TIME_WAIT owners",
+        let (label, syscalls) = match mode {
+            "full" => (
+                "as doctor, the exporter and trace load it: the state tracepoint and the syscall tracepoints",
                 true,
-                true,
-            ),
-            "exporter" => (
-                "the exporter's and trace's: no TIME_WAIT owners, Options::time_wait_owners(false)",
-                true,
-                false,
             ),
             "state" => (
-                "state tracepoint only, no TIME_WAIT owners, Options::syscalls(false)",
-                false,
+                "the state tracepoint only, Options::syscalls(false): no errno, no bind failures",
                 false,
             ),
-            other => panic!("FT_BENCH_MODES: unknown mode {other:?} (expected doctor, exporter or state)"),
+            other => panic!("FT_BENCH_MODES: unknown mode {other:?} (expected full or state)"),
         };
         println!("observer mode {mode}, {label}");
-        let options = Options::default()
-            .syscalls(syscalls)
-            .time_wait_owners(tw_owners);
+        let options = Options::default().syscalls(syscalls);
         paired(block, pairs, &options, other_cpu);
     }
     fivetuple_testkit::in_fresh_netns(&[], || {

@@ -232,14 +232,13 @@ unsafe impl Pod for RawCounts {}
 struct RawConfig {
     netns: u32,
     flags: u32,
-    tw_ring_mask: u32,
     owners_mask: u32,
+    pad: u32,
 }
 
 /// `enum ft_obs_config_flags`.
 const CFG_EVENTS: u32 = 1;
 const CFG_SYSCALLS: u32 = 2;
-const CFG_TW_OWNERS: u32 = 4;
 // SAFETY: repr(C), four u32.
 unsafe impl Pod for RawConfig {}
 
@@ -262,51 +261,24 @@ struct RawEvent {
     netns: u32,
 }
 
-/// Mirrors `struct ft_obs_tw_record`.
+/// Mirrors `struct ft_obs_owner` (48 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-struct RawTwRecord {
-    tuple: RawTuple,
+struct RawOwner {
+    cookie: u64,
     cgroup: u64,
     comm: [u8; 16],
     tgid: u32,
-    netns: u32,
+    pad: u32,
 }
-// SAFETY: repr(C), a RawTuple (40 bytes), a u64, bytes and two u32, no padding.
-unsafe impl Pod for RawTwRecord {}
+// SAFETY: repr(C), two u64, bytes and two u32, no padding.
+unsafe impl Pod for RawOwner {}
 
-/// Mirrors `struct ft_obs_tuple`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-struct RawTuple {
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-    sport: u16,
-    dport: u16,
-    family: u16,
-    pad: u16,
-}
-// SAFETY: repr(C), byte arrays and u16 in 2-byte slots, no padding.
-unsafe impl Pod for RawTuple {}
-
-/// What [`Observer::time_wait_owners`] returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct TimeWaitOwners {
-    /// One per connection that entered TIME_WAIT, oldest first per CPU.
-    pub owners: Vec<TimeWaitOwner>,
-    /// Records overwritten by newer ones (the rings were full): those
-    /// connections have no owner here.
-    pub overwritten: u64,
-}
-
-/// Who connected the connection now in TIME_WAIT on `local` -> `remote`.
+/// The process that connected a socket, as the observer saw it at
+/// `connect()`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TimeWaitOwner {
-    /// Local address and port of the TIME_WAIT socket.
-    pub local: SocketAddr,
-    /// Its peer.
-    pub remote: SocketAddr,
-    /// Process id that connected it.
+pub struct Owner {
+    /// Process id.
     pub pid: u32,
     /// Its comm.
     pub comm: String,
@@ -382,7 +354,6 @@ pub struct Options {
     max_failures: u32,
     max_sockets: u32,
     syscalls: bool,
-    time_wait_owners: bool,
 }
 
 impl Default for Options {
@@ -394,7 +365,6 @@ impl Default for Options {
             max_failures: 4_096,
             max_sockets: 131_072,
             syscalls: true,
-            time_wait_owners: true,
         }
     }
 }
@@ -438,16 +408,6 @@ impl Options {
     /// failures are counted, and no syscall takes the kernel's traced path.
     pub fn syscalls(mut self, on: bool) -> Options {
         self.syscalls = on;
-        self
-    }
-
-    /// Keep the owner of each connection that enters TIME_WAIT with its
-    /// 4-tuple, for [`Observer::time_wait_owners`]: a ring per CPU of the
-    /// latest records (65,536 in all, at least 1,024 and at most 16,384 per
-    /// CPU, 72 bytes each), one record written per TIME_WAIT. Default on;
-    /// off, `time_wait_owners()` is empty and the counts are unchanged.
-    pub fn time_wait_owners(mut self, on: bool) -> Options {
-        self.time_wait_owners = on;
         self
     }
 }
@@ -582,7 +542,6 @@ pub fn load(options: Options) -> Result<Observer, Error> {
         .map_max_entries("ft_counts", options.max_flows)
         .map_max_entries("ft_failures", options.max_failures)
         .map_max_entries("ft_owners", owner_slots(&options))
-        .map_max_entries("ft_tw_ring", tw_ring_len(&options))
         .load(crate::objects::OBSERVE)
         .map_err(|e| {
             if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) = &e
@@ -603,10 +562,9 @@ pub fn load(options: Options) -> Result<Observer, Error> {
         let raw = RawConfig {
             netns: options.netns.unwrap_or(0),
             flags: flag(options.events, CFG_EVENTS)
-                | flag(options.syscalls, CFG_SYSCALLS)
-                | flag(options.time_wait_owners, CFG_TW_OWNERS),
-            tw_ring_mask: tw_ring_len(&options) - 1,
+                | flag(options.syscalls, CFG_SYSCALLS),
             owners_mask: owner_slots(&options) - 1,
+            pad: 0,
         };
         config
             .set(0, raw, 0)
@@ -650,16 +608,6 @@ pub fn load(options: Options) -> Result<Observer, Error> {
 /// Slots of the owner table: `max_sockets` rounded up to a power of two.
 fn owner_slots(options: &Options) -> u32 {
     options.max_sockets.checked_next_power_of_two().unwrap_or(1 << 31)
-}
-
-/// Records per CPU in the TIME_WAIT owner ring: 65,536 over the CPUs, a
-/// power of two from 1,024 to 16,384; 1 (unused) without owners.
-fn tw_ring_len(options: &Options) -> u32 {
-    if !options.time_wait_owners {
-        return 1;
-    }
-    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
-    (65_536 / cpus).next_power_of_two().clamp(1_024, 16_384)
 }
 
 fn program_error(name: &str, e: aya::programs::ProgramError) -> Error {
@@ -821,49 +769,26 @@ impl Observer {
         Ok(out)
     }
 
-    /// The owners of connections that entered TIME_WAIT while the observer
-    /// ran, by 4-tuple: the latest records of each CPU's ring (see
-    /// [`Options::time_wait_owners`]). A TIME_WAIT lasts 60 s, so some listed
-    /// may have expired: join with the socket table. Empty when loaded with
-    /// `time_wait_owners` off.
-    pub fn time_wait_owners(&self) -> Result<TimeWaitOwners, Error> {
-        let mut out = TimeWaitOwners::default();
-        if !self.options.time_wait_owners {
-            return Ok(out);
+    /// The process that connected the socket with this cookie
+    /// (`Socket::cookie` in fivetuple-scan, `sk:` in `ss -e`), when the
+    /// observer saw it connect and its owner slot has not been taken by a
+    /// newer connect since (see [`Options::max_sockets`]). A TIME_WAIT socket
+    /// keeps the cookie of the connection it replaced, so this names the
+    /// owners of TIME_WAIT sockets, which the socket table cannot.
+    pub fn owner(&self, cookie: u64) -> Result<Option<Owner>, Error> {
+        if cookie == 0 {
+            return Ok(None); // no cookie (a /proc reading): never a slot's
         }
-        let heads: PerCpuArray<_, u64> = self.map("ft_tw_head")?;
-        let heads = heads
-            .get(&0, 0)
-            .map_err(|e| Error::io("reading ft_tw_head", e))?;
-        let ring: PerCpuArray<_, RawTwRecord> = self.map("ft_tw_ring")?;
-        let len = u64::from(ring.len());
-        let written: Vec<u64> = heads.iter().copied().collect();
-        let slots = written.iter().map(|&w| w.min(len)).max().unwrap_or(0);
-        // One lookup per slot returns that slot of every CPU.
-        let mut per_slot = Vec::with_capacity(slots as usize);
-        for slot in 0..slots as u32 {
-            per_slot.push(
-                ring.get(&slot, 0)
-                    .map_err(|e| Error::io("reading ft_tw_ring", e))?,
-            );
-        }
-        for (cpu, &w) in written.iter().enumerate() {
-            out.overwritten += w.saturating_sub(len);
-            // Oldest first, so a 4-tuple used twice keeps its latest owner.
-            let start = w.saturating_sub(len);
-            for i in start..w {
-                let r = per_slot[(i % len) as usize][cpu];
-                let t = r.tuple;
-                out.owners.push(TimeWaitOwner {
-                    local: address(t.family, &t.saddr, t.sport),
-                    remote: address(t.family, &t.daddr, t.dport),
-                    pid: r.tgid,
-                    comm: comm_string(&r.comm),
-                    cgroup: r.cgroup,
-                });
-            }
-        }
-        Ok(out)
+        let owners: Array<_, RawOwner> = self.map("ft_owners")?;
+        let slot = (cookie & u64::from(owners.len() - 1)) as u32;
+        let raw = owners
+            .get(&slot, 0)
+            .map_err(|e| Error::io("reading ft_owners", e))?;
+        Ok((raw.cookie == cookie).then(|| Owner {
+            pid: raw.tgid,
+            comm: comm_string(&raw.comm),
+            cgroup: raw.cgroup,
+        }))
     }
 
     /// What was dropped or unowned so far, summed over CPUs.
@@ -1088,8 +1013,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<RawCounts>(), 24);
         assert_eq!(std::mem::size_of::<RawEvent>(), 88);
         assert_eq!(std::mem::size_of::<RawConfig>(), 16);
-        assert_eq!(std::mem::size_of::<RawTwRecord>(), 72);
-        assert_eq!(std::mem::size_of::<RawTuple>(), 40);
+        assert_eq!(std::mem::size_of::<RawOwner>(), 48);
     }
 
     fn event_bytes(

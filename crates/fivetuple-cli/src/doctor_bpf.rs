@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -77,10 +76,6 @@ pub struct Report {
 /// (local IP, remote IP, remote port), as doctor groups destinations.
 type DestKey = (std::net::IpAddr, std::net::IpAddr, u16);
 
-fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
-}
-
 /// Adds the owners of TIME_WAIT sockets to each destination's processes and
 /// a note saying where they came from; returns the section's data.
 pub fn finish(
@@ -112,19 +107,13 @@ pub fn finish(
         }
         Attribution::Loaded(o) => o,
     };
-    let recorded = observer.time_wait_owners()?;
-    let overwritten = recorded.overwritten;
-    let owners: HashMap<(SocketAddr, SocketAddr), (u32, String)> = recorded
-        .owners
-        .into_iter()
-        .map(|o| ((o.local, o.remote), (o.pid, o.comm)))
-        .collect();
     // destination key -> pid -> (comm, sockets)
     let mut by_dest: HashMap<DestKey, HashMap<u32, (String, u32)>> = HashMap::new();
     let (mut attributed, mut total) = (0, 0);
     for s in now.sockets.iter().filter(|s| s.state == TcpState::TimeWait) {
         total += 1;
-        let Some((pid, comm)) = owners.get(&(canonical(s.local), canonical(s.remote))) else {
+        // A TIME_WAIT socket keeps the cookie of the connection it replaced.
+        let Some(owner) = observer.owner(s.cookie)? else {
             continue;
         };
         attributed += 1;
@@ -135,8 +124,8 @@ pub fn finish(
                 s.remote.port(),
             ))
             .or_default()
-            .entry(*pid)
-            .or_insert_with(|| (comm.clone(), 0));
+            .entry(owner.pid)
+            .or_insert_with(|| (owner.comm, 0));
         e.1 += 1;
     }
     for d in analysis.destinations.iter_mut() {
@@ -169,7 +158,7 @@ pub fn finish(
     if total > 0 {
         analysis
             .notes
-            .push(time_wait_note(attributed, total, overwritten, interval));
+            .push(time_wait_note(attributed, total, interval));
     }
     Ok(Some(Report {
         source: "bpf",
@@ -183,7 +172,7 @@ pub fn finish(
 
 /// The note naming BPF as the source of TIME_WAIT owners, and why the
 /// rest have none.
-fn time_wait_note(attributed: usize, total: usize, overwritten: u64, interval: Duration) -> String {
+fn time_wait_note(attributed: usize, total: usize, interval: Duration) -> String {
     let secs = interval.as_secs_f64();
     let mut note = format!(
         "TIME_WAIT owners come from BPF (source: the kernel's connect and state-change tracepoints, during the {secs:.0}s interval): {attributed} of {total} TIME_WAIT sockets attributed"
@@ -194,11 +183,7 @@ fn time_wait_note(attributed: usize, total: usize, overwritten: u64, interval: D
             total - attributed
         ));
     }
-    if overwritten > 0 {
-        note.push_str(&format!(
-            "; {overwritten} owners recorded during the interval were overwritten by newer ones (the per-CPU rings were full): a shorter --interval keeps them all"
-        ));
-    }
+
     note
 }
 
@@ -242,25 +227,17 @@ mod tests {
 
     #[test]
     fn the_time_wait_note_names_bpf_and_the_unattributed() {
-        let all = time_wait_note(20, 20, 0, Duration::from_secs(10));
+        let all = time_wait_note(20, 20, Duration::from_secs(10));
         assert!(all.starts_with("TIME_WAIT owners come from BPF"), "{all}");
         assert!(
             all.contains("20 of 20") && !all.contains("no owner"),
             "{all}"
         );
-        let some = time_wait_note(5, 8, 0, Duration::from_secs(10));
+        let some = time_wait_note(5, 8, Duration::from_secs(10));
         assert!(
             some.contains("5 of 8") && some.contains("the other 3"),
             "{some}"
         );
-        assert!(
-            some.contains("have no owner") && !some.contains("overwritten"),
-            "{some}"
-        );
-        let lost = time_wait_note(5, 8, 7, Duration::from_secs(10));
-        assert!(
-            lost.contains("7 owners recorded during the interval were overwritten"),
-            "{lost}"
-        );
+        assert!(some.contains("have no owner"), "{some}");
     }
 }

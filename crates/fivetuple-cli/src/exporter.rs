@@ -378,10 +378,8 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// `--bpf`: the observer for the target's namespace (by its inode at
 /// start), or `None` after saying once, on stderr, what is missing.
 fn load_bpf(target: &netns::Target, all_netns: bool) -> Option<fivetuple_bpf::observe::Observer> {
-    // Counts only: no failure stream, no TIME_WAIT owners (doctor's).
-    let options = fivetuple_bpf::observe::Options::default()
-        .events(false)
-        .time_wait_owners(false);
+    // Counts only: no failure stream.
+    let options = fivetuple_bpf::observe::Options::default().events(false);
     // With --all-netns the observer counts every namespace of the node.
     let inode = if all_netns {
         Ok(None)

@@ -60,8 +60,7 @@ pub fn run(args: Args, out: &mut impl Write) -> Result<u8> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing a signal handler")?;
     }
-    let mut observer = match observe::load(Options::default().netns(netns).time_wait_owners(false))
-    {
+    let mut observer = match observe::load(Options::default().netns(netns)) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("fivetuple: trace: {}", chain(&e));

@@ -42,10 +42,11 @@
 // Cost: every state change of every TCP socket runs ft_set_state (about 10
 // per connection, both ends), so the states are filtered first, before any
 // map access. A connection costs one owner write into a direct-mapped array
-// (no hash, no lock, no allocation), two ft_counts lookups (resolution and
-// timewait) into a per-CPU hash (no atomics), and, when asked
-// (FT_CFG_TW_OWNERS), one record in a per-CPU ring. docs/BENCHMARKS.md has
-// the figures.
+// (no hash, no lock, no allocation) and two ft_counts lookups (resolution
+// and timewait) into a per-CPU hash (no atomics). The owners of timewait
+// sockets cost nothing more: a timewait socket keeps the cookie of the
+// connection it replaced, so a reader of the socket table (doctor) finds
+// its owner by that. docs/BENCHMARKS.md has the figures.
 //
 // A v4-mapped destination on an IPv6 socket is counted as IPv4. Maps are
 // bounded; what does not fit is counted in ft_drops.
@@ -124,22 +125,6 @@ struct {
 	__type(key, int);
 	__type(value, struct ft_obs_pending);
 } ft_pending SEC(".maps");
-
-// The owners of the latest tw_ring_mask + 1 timewait sockets per CPU, and how many
-// each CPU has written (the reader knows from it what was overwritten).
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1); // set by the loader
-	__type(key, __u32);
-	__type(value, struct ft_obs_tw_record);
-} ft_tw_ring SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} ft_tw_head SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -368,42 +353,6 @@ static __always_inline void on_connect_failed(const struct sock *sk)
 	p->active = 1;
 }
 
-// Keeps the owner of a connection that entered TIME_WAIT, under the 4-tuple
-// of the full socket (which inet_twsk_alloc copies), in this CPU's ring; a
-// v4-mapped IPv6 pair is kept as IPv4, as the socket table shows it.
-static __always_inline void remember_tw(const struct ft_obs_config *cfg, const struct sock *sk,
-					const struct ft_obs_owner *owner, const struct ft_obs_key *key)
-{
-	__u32 zero = 0;
-	__u64 *head = bpf_map_lookup_elem(&ft_tw_head, &zero);
-	if (!head)
-		return;
-	__u32 slot = *head & cfg->tw_ring_mask;
-	*head += 1; // this CPU's counter; the program does not nest on one CPU
-	struct ft_obs_tw_record *r = bpf_map_lookup_elem(&ft_tw_ring, &slot);
-	if (!r)
-		return;
-	struct ft_obs_tuple *t = &r->tuple;
-	__builtin_memset(t, 0, sizeof(*t));
-	// skc_num is already 0 here (the hashdance's __inet_put_port); the
-	// header's inet_sport keeps the port.
-	t->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	t->dport = key->dport;
-	t->family = key_family(key);
-	if (t->family == AF_INET6) {
-		BPF_CORE_READ_INTO((struct in6_addr *)t->saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		__builtin_memcpy(t->daddr, key->daddr, 16);
-	} else {
-		__u32 a = sk->__sk_common.skc_rcv_saddr;
-		__builtin_memcpy(t->saddr, &a, 4);
-		__builtin_memcpy(t->daddr, key->daddr + 12, 4);
-	}
-	r->cgroup = owner->cgroup;
-	__builtin_memcpy(r->comm, owner->comm, sizeof(r->comm));
-	r->tgid = owner->tgid;
-	r->netns = key->netns;
-}
-
 // SYN_SENT -> anything: the attempt resolved (ESTABLISHED: a success).
 static __always_inline void on_resolved(const struct sock *sk, int newstate)
 {
@@ -438,10 +387,9 @@ static __always_inline void on_time_wait(const struct sock *sk)
 	struct ft_obs_counts *c = counts_of(&key);
 	if (c)
 		c->time_wait += 1;
-	struct ft_obs_config *cfg = obs_config();
-	if (cfg && (cfg->flags & FT_CFG_TW_OWNERS))
-		remember_tw(cfg, sk, owner, &key);
-	owner->cookie = 0; // the connection is over: the slot is free
+	// The owner stays in its slot: the timewait socket keeps the cookie
+	// (inet_twsk_alloc copies sk_cookie), so a reader of the socket table
+	// (doctor) finds the owner of each TIME_WAIT by it.
 }
 
 SEC("tp_btf/inet_sock_set_state")

@@ -57,14 +57,13 @@ struct ft_obs_owner {
 enum ft_obs_config_flags {
 	FT_CFG_EVENTS = 1,    // send failure events to the ring buffer
 	FT_CFG_SYSCALLS = 2,  // the syscall tracepoints are attached (track connect() calls)
-	FT_CFG_TW_OWNERS = 4, // keep the owner of each timewait socket by 4-tuple
 };
 
 struct ft_obs_config {
 	__u32 netns;        // only this network namespace (inode number); 0: all
 	__u32 flags;        // enum ft_obs_config_flags
-	__u32 tw_ring_mask; // ft_tw_ring's records per CPU, minus 1 (a power of two)
 	__u32 owners_mask;  // ft_owners' slots, minus 1 (a power of two)
+	__u32 pad;
 };
 
 // One failing connect or bind, for the live stream.
@@ -100,26 +99,4 @@ struct ft_obs_pending {
 struct ft_obs_bind {
 	__u64 fd;
 	__u64 uaddr; // user pointer
-};
-
-// A timewait socket's 4-tuple, the key under which its owner is kept so a
-// reader of the socket table (doctor) can name the owner of each TIME_WAIT.
-struct ft_obs_tuple {
-	__u8 saddr[16]; // IPv4 in the first 4 bytes
-	__u8 daddr[16];
-	__u16 sport;    // host order
-	__u16 dport;
-	__u16 family;
-	__u16 pad;
-};
-
-// One connection that entered TIME_WAIT and its owner, in the per-CPU ring
-// ft_tw_ring (tw_ring_mask + 1 records per CPU, the oldest overwritten), which a
-// reader of the socket table (doctor) joins by 4-tuple.
-struct ft_obs_tw_record {
-	struct ft_obs_tuple tuple;
-	__u64 cgroup;
-	char comm[16];
-	__u32 tgid;
-	__u32 netns;
 };
