@@ -512,9 +512,8 @@ struct Links {
 }
 
 /// The syscall tracepoint programs and their events.
-const SYSCALL_PROGRAMS: [(&str, &str); 3] = [
+const SYSCALL_PROGRAMS: [(&str, &str); 2] = [
     ("ft_exit_connect", "sys_exit_connect"),
-    ("ft_enter_bind", "sys_enter_bind"),
     ("ft_exit_bind", "sys_exit_bind"),
 ];
 

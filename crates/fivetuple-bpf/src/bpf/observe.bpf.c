@@ -127,13 +127,6 @@ struct {
 } ft_pending SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, __u32);
-	__type(value, struct ft_obs_bind);
-} ft_binds SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FT_DROP_COUNT);
 	__type(key, __u32);
@@ -438,16 +431,6 @@ int ft_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_bind")
-int ft_enter_bind(struct trace_event_raw_sys_enter *ctx)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct ft_obs_bind b = {.fd = ctx->args[0], .uaddr = ctx->args[1]};
-	if (bpf_map_update_elem(&ft_binds, &tid, &b, BPF_ANY))
-		drop(FT_DROP_OWNER_FULL);
-	return 0;
-}
-
 // The socket behind `fd` of the current task, or NULL when it is no socket.
 static __always_inline struct sock *socket_of_fd(__u64 fd)
 {
@@ -469,14 +452,16 @@ static __always_inline struct sock *socket_of_fd(__u64 fd)
 SEC("tracepoint/syscalls/sys_exit_bind")
 int ft_exit_bind(struct trace_event_raw_sys_exit *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct ft_obs_bind *b = bpf_map_lookup_elem(&ft_binds, &tid);
-	if (!b)
-		return 0;
-	struct ft_obs_bind args = *b;
-	bpf_map_delete_elem(&ft_binds, &tid);
 	if (ctx->ret != -EADDRINUSE)
 		return 0;
+	// The call's arguments are still in the registers saved at syscall
+	// entry: no sys_enter_bind program, so no second probe on every
+	// syscall's entry.
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct ft_obs_bind args = {
+		.fd = PT_REGS_PARM1_CORE_SYSCALL(regs),
+		.uaddr = PT_REGS_PARM2_CORE_SYSCALL(regs),
+	};
 	struct sock *sk = socket_of_fd(args.fd);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
