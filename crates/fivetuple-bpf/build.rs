@@ -44,8 +44,16 @@ fn main() {
         }
         let name = source.file_name().unwrap().to_string_lossy();
         let object = out.join(name.replace(".bpf.c", ".bpf.o"));
+        // The observer uses an atomic fetch-and-add (-mcpu=v3; Linux 5.12+,
+        // and its task storage needs 5.11 anyway); the policy programs keep
+        // the default instruction set, for older kernels.
+        let cpu = if name.starts_with("observe") {
+            "-mcpu=v3"
+        } else {
+            "-mcpu=generic"
+        };
         let status = Command::new(&clang)
-            .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
+            .args(["-target", "bpf", cpu, "-O2", "-g", "-Wall", "-Werror"])
             .arg(format!("-D__TARGET_ARCH_{arch}"))
             .arg("-I")
             .arg(&out)

@@ -24,7 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::programs::trace_point::TracePointLinkId;
 use aya::programs::{BtfTracePoint, TracePoint};
@@ -233,7 +233,7 @@ struct RawConfig {
     netns: u32,
     flags: u32,
     owners_mask: u32,
-    pad: u32,
+    max_flows: u32,
 }
 
 /// `enum ft_obs_config_flags`.
@@ -269,7 +269,7 @@ struct RawOwner {
     cgroup: u64,
     comm: [u8; 16],
     tgid: u32,
-    pad: u32,
+    flow: u32,
 }
 // SAFETY: repr(C), two u64, bytes and two u32, no padding.
 unsafe impl Pod for RawOwner {}
@@ -538,6 +538,7 @@ pub fn load(options: Options) -> Result<Observer, Error> {
         // ft_pending is task storage, which aya creates and the programs
         // use but aya has no Rust handle for (user space never reads it).
         .allow_unsupported_maps()
+        .map_max_entries("ft_flows", options.max_flows)
         .map_max_entries("ft_counts", options.max_flows)
         .map_max_entries("ft_failures", options.max_failures)
         .map_max_entries("ft_owners", owner_slots(&options))
@@ -560,10 +561,9 @@ pub fn load(options: Options) -> Result<Observer, Error> {
         let flag = |on: bool, bit: u32| if on { bit } else { 0 };
         let raw = RawConfig {
             netns: options.netns.unwrap_or(0),
-            flags: flag(options.events, CFG_EVENTS)
-                | flag(options.syscalls, CFG_SYSCALLS),
+            flags: flag(options.events, CFG_EVENTS) | flag(options.syscalls, CFG_SYSCALLS),
             owners_mask: owner_slots(&options) - 1,
-            pad: 0,
+            max_flows: options.max_flows,
         };
         config
             .set(0, raw, 0)
@@ -606,7 +606,10 @@ pub fn load(options: Options) -> Result<Observer, Error> {
 
 /// Slots of the owner table: `max_sockets` rounded up to a power of two.
 fn owner_slots(options: &Options) -> u32 {
-    options.max_sockets.checked_next_power_of_two().unwrap_or(1 << 31)
+    options
+        .max_sockets
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
 }
 
 fn program_error(name: &str, e: aya::programs::ProgramError) -> Error {
@@ -732,10 +735,14 @@ impl Observer {
 
     /// The counts per flow so far (summed over CPUs).
     pub fn counts(&self) -> Result<Vec<(Flow, Counts)>, Error> {
-        let map: PerCpuHashMap<_, RawKey, RawCounts> = self.map("ft_counts")?;
+        let flows: BpfHashMap<_, RawKey, u32> = self.map("ft_flows")?;
+        let counts: PerCpuArray<_, RawCounts> = self.map("ft_counts")?;
         let mut out = Vec::new();
-        for entry in map.iter() {
-            let (k, per_cpu) = entry.map_err(|e| Error::io("reading ft_counts", e))?;
+        for entry in flows.iter() {
+            let (k, index) = entry.map_err(|e| Error::io("reading ft_flows", e))?;
+            let per_cpu = counts
+                .get(&index, 0)
+                .map_err(|e| Error::io("reading ft_counts", e))?;
             let mut sum = Counts::default();
             for v in per_cpu.iter() {
                 sum.attempts += v.attempts;

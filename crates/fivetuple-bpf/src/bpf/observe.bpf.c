@@ -36,14 +36,16 @@
 //                        after the tracepoint).
 //   tracepoint/syscalls/sys_exit_connect: the errno of a connect that failed
 //     to get a port (EADDRNOTAVAIL from __inet_hash_connect, or EADDRINUSE).
-//   tracepoint/syscalls/sys_{enter,exit}_bind: EADDRINUSE of bind() on a TCP
-//     socket (the fd is resolved to its socket only on that error).
+//   tracepoint/syscalls/sys_exit_bind: EADDRINUSE of bind() on a TCP socket
+//     (the arguments are read from the registers saved at syscall entry, and
+//     the fd is resolved to its socket, only on that error).
 //
 // Cost: every state change of every TCP socket runs ft_set_state (about 10
 // per connection, both ends), so the states are filtered first, before any
-// map access. A connection costs one owner write into a direct-mapped array
-// (no hash, no lock, no allocation) and two ft_counts lookups (resolution
-// and timewait) into a per-CPU hash (no atomics). The owners of timewait
+// map access. A connection costs one keyed lookup (its flow, at connect),
+// one owner write into a direct-mapped array (no lock, no allocation) and
+// two indexed counts updates in a per-CPU array (resolution and timewait;
+// no hashing, no atomics). The owners of timewait
 // sockets cost nothing more: a timewait socket keeps the cookie of the
 // connection it replaced, so a reader of the socket table (doctor) finds
 // its owner by that. docs/BENCHMARKS.md has the figures.
@@ -84,13 +86,32 @@ struct {
 	__type(value, struct ft_obs_config);
 } ft_obs_config SEC(".maps");
 
+// Each flow (who, where) gets an index into ft_counts when a connect to it
+// is first seen. The key is hashed once per connection, at connect; the
+// owner slot keeps the index, so the resolution and the timewait count
+// without hashing (two keyed lookups per connection measured 0.2 us more).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384); // set by the loader (Options::max_flows)
+	__type(key, struct ft_obs_key);
+	__type(value, __u32);
+} ft_flows SEC(".maps");
+
+// The next free index of ft_counts.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ft_next_flow SEC(".maps");
+
 // Per CPU: the counts are summed by the reader anyway, and a CPU's own slot
 // needs no atomic add (the program does not nest on one CPU: the kernel's
 // per-program recursion guard, bpf_prog->active).
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct ft_obs_key);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 16384); // set by the loader (Options::max_flows)
+	__type(key, __u32);
 	__type(value, struct ft_obs_counts);
 } ft_counts SEC(".maps");
 
@@ -156,18 +177,41 @@ static __always_inline __u32 netns_of(const struct sock *sk)
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
-static __always_inline struct ft_obs_counts *counts_of(const struct ft_obs_key *key)
+// The index + 1 of the flow `key` in ft_counts, a new one if it is new; 0
+// when the maps are full.
+static __always_inline __u32 flow_of(const struct ft_obs_config *cfg, const struct ft_obs_key *key)
 {
-	struct ft_obs_counts *c = bpf_map_lookup_elem(&ft_counts, key);
-	if (c)
-		return c;
-	struct ft_obs_counts zero = {};
-	long err = bpf_map_update_elem(&ft_counts, key, &zero, BPF_NOEXIST);
-	if (err && err != -EEXIST) { // EEXIST: another CPU added it
+	__u32 *id = bpf_map_lookup_elem(&ft_flows, key);
+	if (id)
+		return *id + 1;
+	__u32 zero = 0;
+	__u32 *next = bpf_map_lookup_elem(&ft_next_flow, &zero);
+	if (!next)
+		return 0;
+	__u32 n = __sync_fetch_and_add(next, 1);
+	if (n >= cfg->max_flows) {
 		drop(FT_DROP_COUNTS_FULL);
 		return 0;
 	}
-	return bpf_map_lookup_elem(&ft_counts, key);
+	if (bpf_map_update_elem(&ft_flows, key, &n, BPF_NOEXIST)) {
+		// Another CPU added the same flow first (its index wins; this one
+		// stays unused), or the map is full.
+		id = bpf_map_lookup_elem(&ft_flows, key);
+		if (id)
+			return *id + 1;
+		drop(FT_DROP_COUNTS_FULL);
+		return 0;
+	}
+	return n + 1;
+}
+
+// This CPU's counts of the flow an owner slot names, or NULL.
+static __always_inline struct ft_obs_counts *counts_of(const struct ft_obs_owner *owner)
+{
+	if (!owner->flow)
+		return 0;
+	__u32 i = owner->flow - 1;
+	return bpf_map_lookup_elem(&ft_counts, &i);
 }
 
 static __always_inline void count_failure(const struct ft_obs_key *key)
@@ -262,20 +306,6 @@ static __always_inline __u32 netns_direct(const struct sock *sk)
 	return sk->__sk_common.skc_net.net->ns.inum; // BTF pointer walk, no probe reads
 }
 
-// The counts key of a socket's connection: who from its owner, where and
-// which namespace from the socket (both still set at resolution and when a
-// timewait socket takes its place).
-static __always_inline void flow_key(const struct sock *sk, const struct ft_obs_owner *owner,
-				     struct ft_obs_key *key)
-{
-	key->cgroup = owner->cgroup;
-	__builtin_memcpy(key->comm, owner->comm, sizeof(key->comm));
-	destination(sk, key);
-	key->netns = netns_direct(sk);
-	key->stage = 0;
-	key->err = 0;
-}
-
 // The owner slot of a socket with this cookie.
 static __always_inline struct ft_obs_owner *owner_slot(const struct ft_obs_config *cfg, __u64 cookie)
 {
@@ -307,11 +337,19 @@ static __always_inline void on_syn_sent(const struct sock *sk)
 	struct ft_obs_owner *o = owner_slot(cfg, cookie);
 	if (!o)
 		return;
+	struct ft_obs_key key;
+	key.cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	destination(sk, &key); // set before SYN_SENT
+	key.netns = netns_direct(sk);
+	key.stage = 0;
+	key.err = 0;
 	// A reconnect of the same socket (same cookie) replaces its owner.
 	o->cookie = cookie;
-	o->cgroup = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(o->comm, sizeof(o->comm));
+	o->cgroup = key.cgroup;
+	__builtin_memcpy(o->comm, key.comm, sizeof(o->comm));
 	o->tgid = bpf_get_current_pid_tgid() >> 32;
+	o->flow = flow_of(cfg, &key);
 }
 
 static __always_inline int unhashed(const struct sock *sk)
@@ -357,9 +395,7 @@ static __always_inline void on_resolved(const struct sock *sk, int newstate)
 			drop(FT_NOTE_EST_UNOWNED);
 		return;
 	}
-	struct ft_obs_key key;
-	flow_key(sk, owner, &key);
-	struct ft_obs_counts *c = counts_of(&key);
+	struct ft_obs_counts *c = counts_of(owner);
 	if (c) {
 		c->attempts += 1; // this CPU's slot
 		if (newstate == TCP_ESTABLISHED)
@@ -375,9 +411,7 @@ static __always_inline void on_time_wait(const struct sock *sk)
 		drop(FT_NOTE_TW_UNOWNED);
 		return;
 	}
-	struct ft_obs_key key;
-	flow_key(sk, owner, &key);
-	struct ft_obs_counts *c = counts_of(&key);
+	struct ft_obs_counts *c = counts_of(owner);
 	if (c)
 		c->time_wait += 1;
 	// The owner stays in its slot: the timewait socket keeps the cookie
@@ -413,21 +447,24 @@ int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int 
 SEC("tracepoint/syscalls/sys_exit_connect")
 int ft_exit_connect(struct trace_event_raw_sys_exit *ctx)
 {
+	// The errno first: almost every connect() returns 0 or EINPROGRESS and
+	// needs no lookup. A failure kept with another errno (ENOMEM) stays
+	// until the thread's next port failure overwrites it.
+	long ret = ctx->ret;
+	if (ret != -EADDRNOTAVAIL && ret != -EADDRINUSE)
+		return 0;
 	struct ft_obs_pending *p = bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, 0);
 	if (!p || !p->active)
-		return 0;
+		return 0; // not a port failure this call saw (or not in the namespace)
 	p->active = 0;
-	long ret = ctx->ret;
-	if (ret == -EADDRNOTAVAIL || ret == -EADDRINUSE) {
-		struct ft_obs_config *cfg = obs_config();
-		if (cfg) {
-			struct ft_obs_key key = p->key;
-			key.stage = FT_STAGE_CONNECT;
-			key.err = -ret;
-			count_failure(&key);
-			send_event(cfg, &key, key_family(&key), p->saddr, p->sport);
-		}
-	}
+	struct ft_obs_config *cfg = obs_config();
+	if (!cfg)
+		return 0;
+	struct ft_obs_key key = p->key;
+	key.stage = FT_STAGE_CONNECT;
+	key.err = -ret;
+	count_failure(&key);
+	send_event(cfg, &key, key_family(&key), p->saddr, p->sport);
 	return 0;
 }
 

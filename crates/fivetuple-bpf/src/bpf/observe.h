@@ -10,7 +10,7 @@ enum ft_obs_stage {
 };
 
 enum ft_obs_drop {
-	FT_DROP_COUNTS_FULL = 0,   // ft_counts had no room for a new key
+	FT_DROP_COUNTS_FULL = 0,   // ft_flows / ft_counts had no room for a new flow
 	FT_DROP_FAILURES_FULL = 1, // ft_failures had no room for a new key
 	FT_DROP_RINGBUF_FULL = 2,  // a failure event found the ring buffer full
 	FT_DROP_OWNER_FULL = 3,    // a failing call's task storage could not be had
@@ -51,7 +51,7 @@ struct ft_obs_owner {
 	__u64 cgroup;  // bpf_get_current_cgroup_id() of the connecting task
 	char comm[16]; // its comm
 	__u32 tgid;
-	__u32 pad;
+	__u32 flow;    // its flow's index in ft_counts, plus 1; 0: none (maps full)
 };
 
 enum ft_obs_config_flags {
@@ -63,7 +63,7 @@ struct ft_obs_config {
 	__u32 netns;        // only this network namespace (inode number); 0: all
 	__u32 flags;        // enum ft_obs_config_flags
 	__u32 owners_mask;  // ft_owners' slots, minus 1 (a power of two)
-	__u32 pad;
+	__u32 max_flows;    // entries of ft_flows and ft_counts
 };
 
 // One failing connect or bind, for the live stream.
