@@ -368,7 +368,7 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
     let cpu = env_or("FT_BENCH_CPU", cpus - 1);
     pin_to(cpu);
-    let other_cpu = (cpus > 1).then(|| if cpu == 0 { 1 } else { 0 });
+    let other_cpu = (cpus > 1).then_some(if cpu == 0 { 1 } else { 0 });
     println!("pinned to CPU {cpu}; {pairs} pairs of blocks of {block} connects per mode");
     // FT_BENCH_MODES: a comma-separated subset of doctor,exporter,state.
     // FT_BENCH_MODES: which modes, in which order (default both).

@@ -6,8 +6,11 @@
 //! failed connect never becomes a socket, so no socket table shows it; this
 //! does.
 //!
-//! Counts live in bounded BPF hash maps read on demand ([`Observer::counts`],
+//! Counts live in bounded BPF maps read on demand ([`Observer::counts`],
 //! [`Observer::failures`]); what did not fit is in [`Observer::drops`].
+//! The owner of each connection is kept under its socket cookie, which a
+//! TIME_WAIT socket inherits, so [`Observer::owner`] names the process
+//! behind each TIME_WAIT of the socket table.
 //! An attempt is counted when it resolves (established, failed, reset):
 //! a blocking `connect()` is counted before it returns, a connect still
 //! waiting for its SYN-ACK only once that comes or the socket closes.
@@ -342,10 +345,9 @@ impl RawEvent {
 }
 
 /// What to observe and how big the maps are. Defaults: every network
-/// namespace, failure events on, TIME_WAIT owners kept, 16,384 flows,
-/// 4,096 failure keys. The
-/// owner of each connected socket lives in socket-local storage, which the
-/// kernel frees with the socket: no bound to set, nothing held when idle.
+/// namespace, failure events on, the syscall tracepoints on, 16,384 flows,
+/// 4,096 failure keys, 131,072 owner slots. Every map is preallocated and
+/// bounded; what does not fit is counted in [`Observer::drops`].
 #[derive(Debug, Clone)]
 pub struct Options {
     netns: Option<u32>,
