@@ -264,7 +264,7 @@ struct RawEvent {
     netns: u32,
 }
 
-/// Mirrors `struct ft_obs_owner` (48 bytes).
+/// Mirrors `struct ft_obs_owner` (40 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 struct RawOwner {
@@ -393,7 +393,7 @@ impl Options {
     }
 
     /// Slots of the owner table (rounded up to a power of two; default
-    /// 131,072, 48 bytes each, 6 MiB). Each connect takes the slot its
+    /// 131,072, 40 bytes each, 5 MiB). Each connect takes the slot its
     /// socket's cookie picks, and cookies are handed out in increasing
     /// order, so a connection keeps its owner until this many newer sockets
     /// got a cookie. One that outlives that is not counted when it resolves
@@ -1021,7 +1021,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<RawCounts>(), 24);
         assert_eq!(std::mem::size_of::<RawEvent>(), 88);
         assert_eq!(std::mem::size_of::<RawConfig>(), 16);
-        assert_eq!(std::mem::size_of::<RawOwner>(), 48);
+        assert_eq!(std::mem::size_of::<RawOwner>(), 40);
     }
 
     fn event_bytes(
