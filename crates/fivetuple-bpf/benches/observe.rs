@@ -1,28 +1,36 @@
 //! Observer overhead benchmark (docs/BENCHMARKS.md, "BPF observer").
 //!
-//! Every round runs in a network namespace of its own (loopback, the
-//! default port range and `tcp_tw_reuse`), so each starts from an empty
-//! socket table: the TIME_WAIT sockets of earlier rounds would otherwise
-//! make the port search slower round after round (the kernel scans past
-//! them), which swamped the observer's cost in earlier versions of this
-//! bench. One thread connects and closes first, to 4 listeners (a thread
-//! per listener accepts, reads to EOF and closes); the whole process is
-//! pinned to one CPU, so a round's CPU time is its wall time and no
-//! cross-CPU wakeup adds noise. Rounds are paired, without the observer
-//! and with it (netns-filtered to the round's namespace, failure events
-//! on), the order swapped every pair, per mode (doctor's with TIME_WAIT
-//! owners; the exporter's and trace's without; the state tracepoint
-//! alone). Reports connects/s and process CPU (user+sys, both ends of
-//! each connection) per connect: the median of the paired ratios, their
-//! quartiles, and the ratio of the summed CPU. Then the time spent inside
-//! the programs (least and median of 5 rounds with BPF_ENABLE_STATS), the
-//! kernel memory of the maps as loaded, and the memory the socket-local
-//! owner storage adds at 100,000 tracked sockets (FT_BENCH_TRACKED): the
-//! growth of `SUnreclaim` while children hold that many connecting
-//! sockets, with the observer minus without. Needs root.
+//! One thread connects and closes first, to 8 listeners on loopback, and
+//! plays the server too: it accepts, reads to EOF and closes. On loopback
+//! the handshake completes inside connect() and the FIN inside close(), so
+//! the loop never waits and never switches threads, and it runs pinned to
+//! one CPU: its CPU time covers both ends of every connection.
+//!
+//! Each mode runs in a network namespace of its own, with the observer
+//! loaded once (netns-filtered to it, failure events on). The measured
+//! blocks of connects alternate with the programs detached and attached
+//! ([`Observer::detach`]/[`Observer::attach`], done by a second thread on
+//! another CPU while the measuring one spins), the order swapped every
+//! pair. This VM's speed drifts by ±15% over tens of milliseconds (a fixed
+//! arithmetic loop, timed again and again), so only adjacent blocks
+//! compare: the result is the median and quartiles of the pairs' ratios,
+//! CPU per connect and connects/s. Then the time spent inside the programs
+//! (least and median of 5 attached blocks with BPF_ENABLE_STATS), the
+//! kernel memory of the maps as loaded, and what tracking 100,000 sockets
+//! adds (FT_BENCH_TRACKED): the growth of `SUnreclaim` while children hold
+//! that many connecting sockets, with the observer minus without. Needs
+//! root.
+//!
+//! Modes (FT_BENCH_MODES, in order, default `full,state`): `full` is what
+//! doctor, the exporter and `trace` load; `state` is the state tracepoint
+//! alone (`Options::syscalls(false)`).
+//!
 //! Run with `cargo bench -p fivetuple-bpf --bench observe`
-//! (FT_BENCH_CONNECTS per round, default 5000; FT_BENCH_PAIRS, default 24;
-//! FT_BENCH_CPU, the CPU to pin to, default the last one).
+//! (FT_BENCH_BLOCK connects per block, default 500; FT_BENCH_PAIRS, default
+//! 120; FT_BENCH_CPU, the CPU to measure on, default the last one).
+//!
+//! [`Observer::detach`]: fivetuple_bpf::observe::Observer::detach
+//! [`Observer::attach`]: fivetuple_bpf::observe::Observer::attach
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -363,8 +371,8 @@ fn main() {
         eprintln!("the observe benchmark needs root (a namespace, CAP_BPF, CAP_PERFMON)");
         return;
     }
-    let block = env_or("FT_BENCH_BLOCK", 200);
-    let pairs = env_or("FT_BENCH_PAIRS", 150);
+    let block = env_or("FT_BENCH_BLOCK", 500);
+    let pairs = env_or("FT_BENCH_PAIRS", 120);
     let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
     let cpu = env_or("FT_BENCH_CPU", cpus - 1);
     pin_to(cpu);
