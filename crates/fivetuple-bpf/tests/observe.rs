@@ -398,10 +398,72 @@ fn attempts_count_when_they_resolve_root() {
             },
             "counted when it left SYN-SENT"
         );
+        let failures = observer.failures().unwrap();
         assert!(
-            observer.failures().unwrap().is_empty(),
-            "not an exhaustion failure"
+            failures.is_empty(),
+            "not an exhaustion failure: {failures:?}"
         );
         drop(open);
+    });
+}
+
+/// A connection that shut its side first and then got a reset in FIN_WAIT2
+/// leaves no TIME_WAIT, and the observer counts none: the state tracepoint
+/// fires after the socket is unhashed on every path, so only the socket's
+/// error (ECONNRESET) tells a reset from a timewait. (This test failed on
+/// the observer of 808a554, which took "unhashed" for "timewait".)
+#[test]
+fn a_reset_after_our_close_is_no_time_wait_root() {
+    let test = "a_reset_after_our_close_is_no_time_wait_root";
+    if !root_or_skip(test) || !have_tool(test, "ss", "iproute2") {
+        return;
+    }
+    in_fresh_netns(&[], || {
+        use std::io::Read;
+        let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
+        let observer = observe::load(Options::default().netns(Some(netns)))
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:18021").unwrap();
+        let dst = listener.local_addr().unwrap();
+        // One clean close first: it must be counted.
+        drop(std::net::TcpStream::connect(dst).unwrap());
+        let (mut served, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(served.read(&mut buf).unwrap(), 0);
+        drop(served);
+        // Then: the client shuts its side first, keeping the socket (a full
+        // socket in FIN_WAIT2 once the server's kernel ACKs; an orphan would
+        // become a timewait socket at once), and the server aborts with
+        // SO_LINGER 0: a reset.
+        let client = std::net::TcpStream::connect(dst).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let served = socket2::Socket::from(served);
+        served.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(served);
+        std::thread::sleep(Duration::from_millis(100));
+        drop(client);
+        let ss = ss_time_wait_to(dst);
+        assert_eq!(ss.len(), 1, "only the clean close left a TIME_WAIT: {ss:?}");
+        let counted: u64 = observer
+            .counts()
+            .unwrap()
+            .iter()
+            .filter(|(f, _)| f.destination == dst)
+            .map(|(_, c)| c.time_wait)
+            .sum();
+        assert_eq!(
+            counted, 1,
+            "the observer counts the TIME_WAIT ss shows, not the reset"
+        );
+        let attempts: u64 = observer
+            .counts()
+            .unwrap()
+            .iter()
+            .filter(|(f, _)| f.destination == dst)
+            .map(|(_, c)| c.attempts)
+            .sum();
+        assert_eq!(attempts, 2);
     });
 }

@@ -16,24 +16,27 @@
 //                        picks. Nothing is counted yet.
 //     SYN_SENT -> ESTABLISHED  the attempt and a success (non-blocking
 //                        connects too), counted together in one lookup.
-//     SYN_SENT -> CLOSE  the attempt, failed: a reset, a timeout, a close
-//                        while connecting, or, with the socket never hashed,
-//                        inside connect() because inet_hash_connect found no
-//                        port. Only that last case is kept for
-//                        sys_exit_connect (in the thread's task storage),
-//                        which counts it with the call's errno.
+//     SYN_SENT -> CLOSE  the attempt, failed: a reset, a timeout (both set
+//                        sk_err), a close while connecting, or inside
+//                        connect() because inet_hash_connect found no port.
+//                        Those without sk_err are kept for sys_exit_connect
+//                        (in the thread's task storage), which counts the
+//                        ones whose call returned EADDRNOTAVAIL/EADDRINUSE.
 //     SYN_SENT -> other  (SYN_RECV, simultaneous open): the attempt.
 //     So an attempt is counted when it resolves: a connect still in SYN_SENT
 //     (a SYN nobody answers yet) is not in ft_counts until it does, which
 //     for a blocking connect() is before the call returns.
-//     FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE with the socket already unhashed:
-//                        a timewait socket took its place. On 6.18 the
-//                        tracepoint never shows newstate TIME_WAIT:
-//                        tcp_time_wait() allocates the tw sock, whose
-//                        hashdance unhashes the full socket, then tcp_done()
-//                        moves it to CLOSE; a reset or a FIN_WAIT2 timeout
-//                        reaches CLOSE still hashed (tcp_set_state unhashes
-//                        after the tracepoint).
+//     FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE without sk_err: a timewait
+//                        socket took its place. On 6.18 the tracepoint never
+//                        shows newstate TIME_WAIT: tcp_time_wait() allocates
+//                        the tw sock, whose hashdance unhashes the full
+//                        socket, then tcp_done() moves it to CLOSE. A reset
+//                        sets sk_err first. The tracepoint fires after the
+//                        unhash on every path, so "unhashed" tells nothing.
+//                        Still counted, wrongly: a tw sock the kernel could
+//                        not allocate (tcp_max_tw_buckets reached, "time
+//                        wait bucket table overflow"), and an orphan's
+//                        FIN_WAIT2 timeout when tcp_fin_timeout > 60 s.
 //   tracepoint/syscalls/sys_exit_connect: the errno of a connect that failed
 //     to get a port (EADDRNOTAVAIL from __inet_hash_connect, or EADDRINUSE).
 //   tracepoint/syscalls/sys_exit_bind: EADDRINUSE of bind() on a TCP socket
@@ -104,6 +107,22 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } ft_next_flow SEC(".maps");
+
+// The last flow each CPU looked up: a churning client connects to the same
+// destination again and again, and 6 word compares are cheaper than hashing
+// the 48-byte key. Flows are never removed, so a cached index stays valid.
+struct ft_flow_cache {
+	struct ft_obs_key key;
+	__u32 flow; // index + 1; 0: empty
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ft_flow_cache);
+} ft_flow_cache SEC(".maps");
 
 // Per CPU: the counts are summed by the reader anyway, and a CPU's own slot
 // needs no atomic add (the program does not nest on one CPU: the kernel's
@@ -179,7 +198,13 @@ static __always_inline __u32 netns_of(const struct sock *sk)
 
 // The index + 1 of the flow `key` in ft_counts, a new one if it is new; 0
 // when the maps are full.
-static __always_inline __u32 flow_of(const struct ft_obs_config *cfg, const struct ft_obs_key *key)
+static __always_inline int same_key(const struct ft_obs_key *a, const struct ft_obs_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4] && x[5] == y[5];
+}
+
+static __always_inline __u32 flow_lookup(const struct ft_obs_config *cfg, const struct ft_obs_key *key)
 {
 	__u32 *id = bpf_map_lookup_elem(&ft_flows, key);
 	if (id)
@@ -203,6 +228,20 @@ static __always_inline __u32 flow_of(const struct ft_obs_config *cfg, const stru
 		return 0;
 	}
 	return n + 1;
+}
+
+static __always_inline __u32 flow_of(const struct ft_obs_config *cfg, const struct ft_obs_key *key)
+{
+	__u32 zero = 0;
+	struct ft_flow_cache *cache = bpf_map_lookup_elem(&ft_flow_cache, &zero);
+	if (cache && cache->flow && same_key(&cache->key, key))
+		return cache->flow;
+	__u32 flow = flow_lookup(cfg, key);
+	if (cache && flow) {
+		cache->key = *key;
+		cache->flow = flow;
+	}
+	return flow;
 }
 
 // This CPU's counts of the flow an owner slot names, or NULL.
@@ -352,14 +391,21 @@ static __always_inline void on_syn_sent(const struct sock *sk)
 	o->flow = flow_of(cfg, &key);
 }
 
-static __always_inline int unhashed(const struct sock *sk)
+// A socket reaching CLOSE with no error pending: not a reset (tcp_reset
+// sets ECONNRESET, ECONNREFUSED or EPIPE), nor a connect timeout
+// (ETIMEDOUT), before tcp_done(). The tracepoint fires at the very end of
+// tcp_set_state(), in inet_sk_state_store(), after the socket was unhashed
+// and its port put back, so neither says why it closed; sk_err does.
+static __always_inline int closed_cleanly(const struct sock *sk)
 {
-	return sk->__sk_common.skc_nulls_node.pprev == 0; // a direct (BTF) load, no probe read
+	return sk->sk_err == 0; // a direct (BTF) load, no probe read
 }
 
-// Inside connect(), inet_hash_connect found no port (the socket went back to
-// CLOSE without ever being hashed): kept for sys_exit_connect, which has the
-// errno. Runs in the connecting task, so the key is the current task's.
+// SYN_SENT -> CLOSE without an error on the socket: inside connect(), where
+// inet_hash_connect found no port (or a later step failed), or a close()
+// while connecting. Kept for sys_exit_connect, which counts it only when the
+// call returned EADDRNOTAVAIL or EADDRINUSE for this very socket. Runs in
+// the calling task, so the key is the current task's.
 static __always_inline void on_connect_failed(const struct sock *sk)
 {
 	struct ft_obs_config *cfg = obs_config();
@@ -388,7 +434,7 @@ static __always_inline void on_connect_failed(const struct sock *sk)
 static __always_inline void on_resolved(const struct sock *sk, int newstate)
 {
 	struct ft_obs_owner *owner = owner_of(sk);
-	if (newstate == TCP_CLOSE && unhashed(sk))
+	if (newstate == TCP_CLOSE && closed_cleanly(sk))
 		on_connect_failed(sk);
 	if (!owner) {
 		if (newstate == TCP_ESTABLISHED)
@@ -403,7 +449,8 @@ static __always_inline void on_resolved(const struct sock *sk, int newstate)
 	}
 }
 
-// FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE, unhashed: a timewait socket took its place.
+// FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE, without an error: a timewait socket
+// took its place.
 static __always_inline void on_time_wait(const struct sock *sk)
 {
 	struct ft_obs_owner *owner = owner_of(sk);
@@ -438,33 +485,9 @@ int BPF_PROG(ft_set_state, const struct sock *sk, const int oldstate, const int 
 		return 0;
 	if (oldstate != TCP_FIN_WAIT1 && oldstate != TCP_FIN_WAIT2 && oldstate != TCP_CLOSING)
 		return 0; // LAST_ACK -> CLOSE (the side closed second), resets
-	if (!unhashed(sk) || sk->sk_protocol != IPPROTO_TCP)
-		return 0; // a reset or a FIN_WAIT2 timeout: no timewait socket
+	if (!closed_cleanly(sk) || sk->sk_protocol != IPPROTO_TCP)
+		return 0; // a reset: no timewait socket
 	on_time_wait(sk);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_connect")
-int ft_exit_connect(struct trace_event_raw_sys_exit *ctx)
-{
-	// The errno first: almost every connect() returns 0 or EINPROGRESS and
-	// needs no lookup. A failure kept with another errno (ENOMEM) stays
-	// until the thread's next port failure overwrites it.
-	long ret = ctx->ret;
-	if (ret != -EADDRNOTAVAIL && ret != -EADDRINUSE)
-		return 0;
-	struct ft_obs_pending *p = bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, 0);
-	if (!p || !p->active)
-		return 0; // not a port failure this call saw (or not in the namespace)
-	p->active = 0;
-	struct ft_obs_config *cfg = obs_config();
-	if (!cfg)
-		return 0;
-	struct ft_obs_key key = p->key;
-	key.stage = FT_STAGE_CONNECT;
-	key.err = -ret;
-	count_failure(&key);
-	send_event(cfg, &key, key_family(&key), p->saddr, p->sport);
 	return 0;
 }
 
@@ -484,6 +507,36 @@ static __always_inline struct sock *socket_of_fd(__u64 fd)
 		return 0;
 	struct socket *sock = BPF_CORE_READ(f, private_data);
 	return BPF_CORE_READ(sock, sk);
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int ft_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	// The errno first: almost every connect() returns 0 or EINPROGRESS and
+	// needs no lookup. A failure kept with another errno stays until the
+	// thread's next one overwrites it; the socket check below keeps it from
+	// being taken for a later call's.
+	long ret = ctx->ret;
+	if (ret != -EADDRNOTAVAIL && ret != -EADDRINUSE)
+		return 0;
+	struct ft_obs_pending *p = bpf_task_storage_get(&ft_pending, bpf_get_current_task_btf(), 0, 0);
+	if (!p || !p->active)
+		return 0; // not a port failure this call saw (or not in the namespace)
+	p->active = 0;
+	// The same socket as the failure kept: its fd is the call's first
+	// argument, still in the registers saved at syscall entry.
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if ((__u64)socket_of_fd(PT_REGS_PARM1_CORE_SYSCALL(regs)) != p->sk)
+		return 0;
+	struct ft_obs_config *cfg = obs_config();
+	if (!cfg)
+		return 0;
+	struct ft_obs_key key = p->key;
+	key.stage = FT_STAGE_CONNECT;
+	key.err = -ret;
+	count_failure(&key);
+	send_event(cfg, &key, key_family(&key), p->saddr, p->sport);
+	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_bind")
