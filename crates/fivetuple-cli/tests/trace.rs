@@ -224,7 +224,31 @@ fn exporter_bpf_counts_what_curl_saw_root() {
         assert!(line.contains("listening"), "{line}");
         let (ok, failed) = curl_calls(port, 30);
         assert_eq!((ok, failed), (20, 10));
+        // 5 connections that this side accepts and closes first: their
+        // TIME_WAITs are on the accepted side, with no connect to own them.
+        // Each client binds its own port, so no new SYN of the same 4-tuple
+        // takes over an earlier TIME_WAIT before ss looks.
+        let closer = TcpListener::bind("127.0.0.1:18097").unwrap();
+        for i in 0..5u16 {
+            let client =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            let src: std::net::SocketAddr = format!("127.0.0.1:{}", 41_001 + i).parse().unwrap();
+            client.bind(&src.into()).unwrap();
+            let dst: std::net::SocketAddr = "127.0.0.1:18097".parse().unwrap();
+            client.connect(&dst.into()).unwrap();
+            let mut client = std::net::TcpStream::from(client);
+            let (accepted, _) = closer.accept().unwrap();
+            drop(accepted);
+            let mut buf = [0u8; 8];
+            assert_eq!(client.read(&mut buf).unwrap(), 0);
+        }
         std::thread::sleep(Duration::from_millis(300));
+        let server_side = Command::new("ss")
+            .args(["-Htan", "state", "time-wait", "src", "127.0.0.1:18097"])
+            .output()
+            .expect("run ss");
+        let server_side = String::from_utf8_lossy(&server_side.stdout).lines().count();
+        assert_eq!(server_side, 5, "ss sees the accepted side's TIME_WAITs");
         let body = scrape(listen);
         let _ = exporter.kill();
         let _ = exporter.wait();
@@ -248,6 +272,24 @@ fn exporter_bpf_counts_what_curl_saw_root() {
         assert_eq!(
             sample(&body, "fivetuple_time_wait_entries_total", &[&dest, curl]),
             Some(ok as f64),
+            "{body}"
+        );
+        assert_eq!(
+            sample(
+                &body,
+                "fivetuple_bpf_unattributed_total",
+                &["event=\"time_wait\""]
+            ),
+            Some(server_side as f64),
+            "the accepted side's TIME_WAITs, which no connect owns: {body}"
+        );
+        assert_eq!(
+            sample(
+                &body,
+                "fivetuple_bpf_unattributed_total",
+                &["event=\"connect\""]
+            ),
+            Some(0.0),
             "{body}"
         );
         assert!(

@@ -289,6 +289,20 @@ impl BpfCollector {
             "Events the BPF observer could not count, by reason (a bounded map or the ring buffer was full).",
             &series,
         )?;
+        let unattributed = [
+            ("time_wait", drops.time_wait_unowned),
+            ("connect", drops.established_unowned),
+        ];
+        let series: Vec<(Labels, u64)> = unattributed
+            .iter()
+            .map(|(event, v)| (vec![("event", event.to_string())], *v))
+            .collect();
+        counters(
+            &mut enc,
+            "fivetuple_bpf_unattributed",
+            "TIME_WAIT entries and successful connects the BPF observer saw but could not name a process for: accepted connections this host closed first, connections older than the observer, or that outlived their owner slot.",
+            &series,
+        )?;
         log.ok("bpf", started);
         Ok(())
     }
