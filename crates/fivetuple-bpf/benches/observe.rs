@@ -128,6 +128,16 @@ impl Loop {
     }
 }
 
+/// The attempts the observer has counted, over every flow.
+fn attempts(observer: &observe::Observer) -> u64 {
+    observer
+        .counts()
+        .unwrap()
+        .iter()
+        .map(|(_, c)| c.attempts)
+        .sum()
+}
+
 /// The quartiles (lower, median, upper) of `v`.
 fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -215,12 +225,7 @@ fn paired(block: usize, pairs: usize, options: &Options, other_cpu: Option<usize
             drop(ask);
             controller.join().expect("the controller thread")
         });
-        let seen: u64 = observer
-            .counts()
-            .unwrap()
-            .iter()
-            .map(|(_, c)| c.attempts)
-            .sum();
+        let seen = attempts(&observer);
         assert_eq!(
             seen, attached_connects as u64,
             "the observer counted every connect made while attached, and none other"
@@ -422,12 +427,7 @@ fn main() {
         let without = unreclaimable_delta(tracked);
         let observer = observe::load(Options::default().netns(Some(netns))).unwrap();
         let with = unreclaimable_delta(tracked);
-        let seen: u64 = observer
-            .counts()
-            .unwrap()
-            .iter()
-            .map(|(_, c)| c.attempts)
-            .sum();
+        let seen = attempts(&observer);
         drop(observer);
         println!(
             "{tracked} connecting sockets: unreclaimable kernel memory +{:.1} MiB without the observer, +{:.1} MiB with it ({seen} attempts resolved so far): {:.0} bytes of socket storage per tracked socket",

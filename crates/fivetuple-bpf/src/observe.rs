@@ -571,22 +571,14 @@ pub fn load(options: Options) -> Result<Observer, Error> {
             .set(0, raw, 0)
             .map_err(|e| Error::io("writing the observer configuration", e))?;
     }
-    let state: &mut BtfTracePoint = ebpf
-        .program_mut("ft_set_state")
-        .expect("ft_set_state in the object")
-        .try_into()
-        .map_err(|e| Error::io("ft_set_state is not a BTF tracepoint program", e))?;
-    state
+    state_program(&mut ebpf)?
         .load("inet_sock_set_state", &btf)
         .map_err(|e| program_error("ft_set_state", e))?;
     if options.syscalls {
         for (name, _) in SYSCALL_PROGRAMS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .expect("program in the object")
-                .try_into()
-                .map_err(|e| Error::io(format!("{name} is not a tracepoint program"), e))?;
-            program.load().map_err(|e| program_error(name, e))?;
+            syscall_program(&mut ebpf, name)?
+                .load()
+                .map_err(|e| program_error(name, e))?;
         }
     }
     let events = if options.events {
@@ -604,6 +596,22 @@ pub fn load(options: Options) -> Result<Observer, Error> {
     };
     observer.attach()?;
     Ok(observer)
+}
+
+/// The state tracepoint program of the loaded object.
+fn state_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, Error> {
+    ebpf.program_mut("ft_set_state")
+        .expect("ft_set_state in the object")
+        .try_into()
+        .map_err(|e| Error::io("ft_set_state is not a BTF tracepoint program", e))
+}
+
+/// The syscall tracepoint program `name` of the loaded object.
+fn syscall_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut TracePoint, Error> {
+    ebpf.program_mut(name)
+        .expect("program in the object")
+        .try_into()
+        .map_err(|e| Error::io(format!("{name} is not a tracepoint program"), e))
 }
 
 /// Slots of the owner table: `max_sockets` rounded up to a power of two.
@@ -645,13 +653,7 @@ impl Observer {
         if self.links.is_some() {
             return Ok(());
         }
-        let state: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut("ft_set_state")
-            .expect("ft_set_state in the object")
-            .try_into()
-            .map_err(|e| Error::io("ft_set_state is not a BTF tracepoint program", e))?;
-        let state = state
+        let state = state_program(&mut self.ebpf)?
             .attach()
             .map_err(|e| Error::io("attaching to the tracepoint sock:inet_sock_set_state", e))?;
         let mut links = Links {
@@ -660,13 +662,7 @@ impl Observer {
         };
         if self.options.syscalls {
             for (name, event) in SYSCALL_PROGRAMS {
-                let program: &mut TracePoint = self
-                    .ebpf
-                    .program_mut(name)
-                    .expect("program in the object")
-                    .try_into()
-                    .map_err(|e| Error::io(format!("{name} is not a tracepoint program"), e))?;
-                match program.attach("syscalls", event) {
+                match syscall_program(&mut self.ebpf, name)?.attach("syscalls", event) {
                     Ok(link) => links.syscalls.push((name, link)),
                     Err(e) => {
                         // Leave nothing half attached.
@@ -695,23 +691,11 @@ impl Observer {
         let Some(links) = self.links.take() else {
             return Ok(());
         };
-        let state: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut("ft_set_state")
-            .expect("ft_set_state in the object")
-            .try_into()
-            .map_err(|e| Error::io("ft_set_state is not a BTF tracepoint program", e))?;
-        state
+        state_program(&mut self.ebpf)?
             .detach(links.state)
             .map_err(|e| Error::io("detaching from sock:inet_sock_set_state", e))?;
         for (name, link) in links.syscalls {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .expect("program in the object")
-                .try_into()
-                .map_err(|e| Error::io(format!("{name} is not a tracepoint program"), e))?;
-            program
+            syscall_program(&mut self.ebpf, name)?
                 .detach(link)
                 .map_err(|e| Error::io(format!("detaching {name}"), e))?;
         }

@@ -325,6 +325,12 @@ fn counts_equal_what_python_curl_and_go_clients_counted_root() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// The observer, loaded for the calling thread's network namespace only.
+fn observer_here() -> observe::Observer {
+    let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
+    observe::load(Options::default().netns(Some(netns))).unwrap_or_else(|e| panic!("{e:#?}"))
+}
+
 /// The client sockets `ss` shows in SYN-SENT towards `dst`.
 fn ss_syn_sent_to(dst: SocketAddr) -> usize {
     let out = Command::new("ss")
@@ -347,9 +353,7 @@ fn attempts_count_when_they_resolve_root() {
     }
     in_fresh_netns(&[], || {
         use socket2::{Domain, Socket, Type};
-        let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
-        let observer = observe::load(Options::default().netns(Some(netns)))
-            .unwrap_or_else(|e| panic!("{e:#?}"));
+        let observer = observer_here();
         let dst: SocketAddr = "127.0.0.1:18011".parse().unwrap();
         // Backlog 0: the first connection fills the accept queue (never
         // accepted), so the kernel drops the next one's SYN.
@@ -420,9 +424,7 @@ fn a_reset_after_our_close_is_no_time_wait_root() {
     }
     in_fresh_netns(&[], || {
         use std::io::Read;
-        let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
-        let observer = observe::load(Options::default().netns(Some(netns)))
-            .unwrap_or_else(|e| panic!("{e:#?}"));
+        let observer = observer_here();
         let listener = std::net::TcpListener::bind("127.0.0.1:18021").unwrap();
         let dst = listener.local_addr().unwrap();
         // One clean close first: it must be counted.
