@@ -469,3 +469,51 @@ fn a_reset_after_our_close_is_no_time_wait_root() {
         assert_eq!(attempts, 2);
     });
 }
+
+/// With room for 2 flows, connects to further destinations are counted as
+/// dropped (`counts_full`), one per connect, and the 2 flows it holds keep
+/// counting right after 52 such connects.
+#[test]
+fn a_full_flow_map_drops_new_flows_and_keeps_the_old_ones_root() {
+    let test = "a_full_flow_map_drops_new_flows_and_keeps_the_old_ones_root";
+    if !root_or_skip(test) {
+        return;
+    }
+    in_fresh_netns(&[], || {
+        use std::io::Read;
+        let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
+        let observer = observe::load(Options::default().netns(Some(netns)).max_flows(2))
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        let listeners: Vec<std::net::TcpListener> = (0..5)
+            .map(|i| std::net::TcpListener::bind(("127.0.0.1", 18031 + i)).unwrap())
+            .collect();
+        let call = |k: usize| {
+            let dst = listeners[k].local_addr().unwrap();
+            drop(std::net::TcpStream::connect(dst).unwrap());
+            let (mut served, _) = listeners[k].accept().unwrap();
+            let mut buf = [0u8; 8];
+            assert_eq!(served.read(&mut buf).unwrap(), 0);
+        };
+        for k in 0..4 {
+            call(k);
+        }
+        for _ in 0..50 {
+            call(4);
+        }
+        call(0);
+        let counts = observer.counts().unwrap();
+        let seen: Vec<(SocketAddr, u64)> = counts
+            .iter()
+            .map(|(f, c)| (f.destination, c.attempts))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (listeners[0].local_addr().unwrap(), 2),
+                (listeners[1].local_addr().unwrap(), 1)
+            ],
+            "{counts:?}"
+        );
+        assert_eq!(observer.drops().unwrap().counts_full, 2 + 50);
+    });
+}

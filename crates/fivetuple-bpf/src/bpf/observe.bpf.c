@@ -213,6 +213,13 @@ static __always_inline __u32 flow_lookup(const struct ft_obs_config *cfg, const 
 	__u32 *next = bpf_map_lookup_elem(&ft_next_flow, &zero);
 	if (!next)
 		return 0;
+	// Full already: no increment, so the counter cannot wrap around to
+	// index 0 however many new flows keep arriving (the race past this
+	// check overshoots by at most one per CPU).
+	if (*next >= cfg->max_flows) {
+		drop(FT_DROP_COUNTS_FULL);
+		return 0;
+	}
 	__u32 n = __sync_fetch_and_add(next, 1);
 	if (n >= cfg->max_flows) {
 		drop(FT_DROP_COUNTS_FULL);
