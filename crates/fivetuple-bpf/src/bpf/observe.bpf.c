@@ -4,8 +4,9 @@
 // destination, family) counts of TCP connect attempts, successes, exhaustion
 // failures and timewait sockets, and a ring buffer of the failures only.
 //
-// Only tracepoints: fentry/fexit are refused (EPERM) under lockdown=integrity
-// (this machine's kernel 6.18) and kprobes are often compiled out, while
+// Only tracepoints: fentry/fexit are refused (EPERM) on this machine's
+// kernel 6.18 (lockdown=integrity), and kprobes are compiled out there
+// (# CONFIG_KPROBES is not set), as on many distribution kernels, while
 // tracepoints load on every kernel since 5.5 (tp_btf) / 4.7 (tracepoint).
 //
 //   tp_btf/inet_sock_set_state:
@@ -45,13 +46,15 @@
 //
 // Cost: every state change of every TCP socket runs ft_set_state (about 10
 // per connection, both ends), so the states are filtered first, before any
-// map access. A connection costs one keyed lookup (its flow, at connect),
-// one owner write into a direct-mapped array (no lock, no allocation) and
-// two indexed counts updates in a per-CPU array (resolution and timewait;
-// no hashing, no atomics). The owners of timewait
-// sockets cost nothing more: a timewait socket keeps the cookie of the
-// connection it replaced, so a reader of the socket table (doctor) finds
-// its owner by that. docs/BENCHMARKS.md has the figures.
+// map access. A connection costs one keyed lookup (its flow, at connect;
+// a per-CPU cache of the last flow usually spares even that), one owner
+// write into a direct-mapped array (no lock, no allocation) and two indexed
+// counts updates in a per-CPU array (resolution and timewait; no hashing,
+// no atomics). The owners of timewait sockets cost nothing more: a timewait
+// socket keeps the cookie of the connection it replaced, so a reader of the
+// socket table (doctor) finds its owner by that. The syscall tracepoints
+// cost most: any of them puts every syscall of every task on the kernel's
+// traced path. docs/BENCHMARKS.md has the figures.
 //
 // A v4-mapped destination on an IPv6 socket is counted as IPv4. Maps are
 // bounded; what does not fit is counted in ft_drops.
