@@ -325,10 +325,21 @@ fn counts_equal_what_python_curl_and_go_clients_counted_root() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-/// The observer, loaded for the calling thread's network namespace only.
-fn observer_here() -> observe::Observer {
+/// The observer with `options`, loaded for the calling thread's network
+/// namespace only.
+fn observer_here(options: Options) -> observe::Observer {
     let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
-    observe::load(Options::default().netns(Some(netns))).unwrap_or_else(|e| panic!("{e:#?}"))
+    observe::load(options.netns(Some(netns))).unwrap_or_else(|e| panic!("{e:#?}"))
+}
+
+/// One connection to `listener` that the client closes first: connect,
+/// close, accept, read to EOF, close. Its TIME_WAIT stays with the client.
+fn connect_and_close(listener: &std::net::TcpListener) {
+    use std::io::Read;
+    drop(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+    let (mut served, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(served.read(&mut buf).unwrap(), 0, "the client closed first");
 }
 
 /// The client sockets `ss` shows in SYN-SENT towards `dst`.
@@ -353,7 +364,7 @@ fn attempts_count_when_they_resolve_root() {
     }
     in_fresh_netns(&[], || {
         use socket2::{Domain, Socket, Type};
-        let observer = observer_here();
+        let observer = observer_here(Options::default());
         let dst: SocketAddr = "127.0.0.1:18011".parse().unwrap();
         // Backlog 0: the first connection fills the accept queue (never
         // accepted), so the kernel drops the next one's SYN.
@@ -423,16 +434,11 @@ fn a_reset_after_our_close_is_no_time_wait_root() {
         return;
     }
     in_fresh_netns(&[], || {
-        use std::io::Read;
-        let observer = observer_here();
+        let observer = observer_here(Options::default());
         let listener = std::net::TcpListener::bind("127.0.0.1:18021").unwrap();
         let dst = listener.local_addr().unwrap();
         // One clean close first: it must be counted.
-        drop(std::net::TcpStream::connect(dst).unwrap());
-        let (mut served, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 8];
-        assert_eq!(served.read(&mut buf).unwrap(), 0);
-        drop(served);
+        connect_and_close(&listener);
         // Then: the client shuts its side first, keeping the socket (a full
         // socket in FIN_WAIT2 once the server's kernel ACKs; an orphan would
         // become a timewait socket at once), and the server aborts with
@@ -480,20 +486,11 @@ fn a_full_flow_map_drops_new_flows_and_keeps_the_old_ones_root() {
         return;
     }
     in_fresh_netns(&[], || {
-        use std::io::Read;
-        let netns = observe::netns_inode(Path::new("/proc/thread-self/ns/net")).unwrap();
-        let observer = observe::load(Options::default().netns(Some(netns)).max_flows(2))
-            .unwrap_or_else(|e| panic!("{e:#?}"));
+        let observer = observer_here(Options::default().max_flows(2));
         let listeners: Vec<std::net::TcpListener> = (0..5)
             .map(|i| std::net::TcpListener::bind(("127.0.0.1", 18031 + i)).unwrap())
             .collect();
-        let call = |k: usize| {
-            let dst = listeners[k].local_addr().unwrap();
-            drop(std::net::TcpStream::connect(dst).unwrap());
-            let (mut served, _) = listeners[k].accept().unwrap();
-            let mut buf = [0u8; 8];
-            assert_eq!(served.read(&mut buf).unwrap(), 0);
-        };
+        let call = |k: usize| connect_and_close(&listeners[k]);
         for k in 0..4 {
             call(k);
         }

@@ -215,6 +215,22 @@ pub fn counters(
     Ok(())
 }
 
+/// Encodes a counter family with one label, `label`, whose value names
+/// each series: `[("vanished", 3), ("failed", 0)]` under `reason`.
+pub fn counters_by(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: &[(&str, u64)],
+) -> std::fmt::Result {
+    let series: Vec<(Labels, u64)> = values
+        .iter()
+        .map(|(value, v)| (vec![(label, value.to_string())], *v))
+        .collect();
+    counters(enc, name, help, &series)
+}
+
 /// Builds the registry: settings, destinations, counters, nat, then self.
 /// Everything registered reads the namespace of the thread that encodes it.
 /// With `all_netns`, one `netns` collector reads every namespace of the

@@ -23,7 +23,7 @@ use std::time::Instant;
 use fivetuple_bpf::observe::{CgroupNames, Flow, Observer};
 use prometheus_client::encoding::DescriptorEncoder;
 
-use super::{counters, gauge, Labels, RunLog};
+use super::{counters, counters_by, gauge, Labels, RunLog};
 
 /// The labels of one flow: netns (empty, so left out, unless
 /// `--all-netns`), destination, comm, container, pod UID.
@@ -273,35 +273,27 @@ impl BpfCollector {
             "connect() EADDRNOTAVAIL/EADDRINUSE and bind() EADDRINUSE: calls that found no source port and never became sockets (BPF; top-k, the rest in \"other\").",
             &series,
         )?;
-        let dropped = [
-            ("counts_map_full", drops.counts_full),
-            ("failures_map_full", drops.failures_full),
-            ("ringbuf_full", drops.ringbuf_full),
-            ("owner_map_full", drops.owner_full),
-        ];
-        let series: Vec<(Labels, u64)> = dropped
-            .iter()
-            .map(|(reason, v)| (vec![("reason", reason.to_string())], *v))
-            .collect();
-        counters(
+        counters_by(
             &mut enc,
             "fivetuple_bpf_dropped",
             "Events the BPF observer could not count, by reason (a bounded map or the ring buffer was full).",
-            &series,
+            "reason",
+            &[
+                ("counts_map_full", drops.counts_full),
+                ("failures_map_full", drops.failures_full),
+                ("ringbuf_full", drops.ringbuf_full),
+                ("owner_map_full", drops.owner_full),
+            ],
         )?;
-        let unattributed = [
-            ("time_wait", drops.time_wait_unowned),
-            ("connect", drops.established_unowned),
-        ];
-        let series: Vec<(Labels, u64)> = unattributed
-            .iter()
-            .map(|(event, v)| (vec![("event", event.to_string())], *v))
-            .collect();
-        counters(
+        counters_by(
             &mut enc,
             "fivetuple_bpf_unattributed",
             "TIME_WAIT entries and successful connects the BPF observer saw but could not name a process for: accepted connections this host closed first, connections older than the observer, or that outlived their owner slot.",
-            &series,
+            "event",
+            &[
+                ("time_wait", drops.time_wait_unowned),
+                ("connect", drops.established_unowned),
+            ],
         )?;
         log.ok("bpf", started);
         Ok(())

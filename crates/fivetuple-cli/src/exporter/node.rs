@@ -27,7 +27,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 use super::destinations::{node_families, Family, MIN_RATE_WINDOW};
 use super::nat::NatView;
-use super::{counters, gauge, gauges, Labels, RunLog};
+use super::{counters_by, gauge, gauges, Labels, RunLog};
 
 /// The labels that name a namespace on every per-namespace and destination series.
 pub fn netns_labels(ns: &Netns) -> Labels {
@@ -211,19 +211,14 @@ impl Collector for NodeCollector {
             "Network namespaces scanned in this scrape (found in /proc/*/ns/net and /run/netns, by inode).",
             scanned.len() as f64,
         )?;
-        counters(
+        counters_by(
             &mut enc,
             "fivetuple_netns_skipped",
             "Namespaces found but not scanned: vanished (gone before their turn, e.g. a deleted pod) or failed (an error, logged on stderr).",
+            "reason",
             &[
-                (
-                    vec![("reason", "vanished".to_string())],
-                    self.vanished.load(Ordering::Relaxed),
-                ),
-                (
-                    vec![("reason", "failed".to_string())],
-                    self.failed.load(Ordering::Relaxed),
-                ),
+                ("vanished", self.vanished.load(Ordering::Relaxed)),
+                ("failed", self.failed.load(Ordering::Relaxed)),
             ],
         )?;
         self.log.ok("netns", started);

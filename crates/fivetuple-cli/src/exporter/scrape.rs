@@ -10,7 +10,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::server::{Reason, Stats};
-use super::{counter, counters, gauge, gauges, RunLog};
+use super::{counter, counters_by, gauge, gauges, RunLog};
 
 /// Exports `fivetuple_scrape_collector_*` and `fivetuple_exporter_*`.
 pub struct SelfCollector {
@@ -88,14 +88,15 @@ impl Collector for SelfCollector {
             )?;
         }
         let st = &self.stats;
-        let refused: Vec<_> = Reason::ALL
+        let refused: Vec<(&str, u64)> = Reason::ALL
             .iter()
-            .map(|r| (vec![("reason", r.label().to_string())], st.refused(*r)))
+            .map(|r| (r.label(), st.refused(*r)))
             .collect();
-        counters(
+        counters_by(
             &mut enc,
             "fivetuple_exporter_connections_refused",
             "Connections refused or closed before they were served: slots_full, peer_limit (every slot busy), evicted_idle (closed to make room), request_timeout (no request within the deadline), tls_failed.",
+            "reason",
             &refused,
         )?;
         counter(
